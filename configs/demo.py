@@ -1,0 +1,29 @@
+# The embedded default: synthetic ECG–report corpus (100 Hz x 10 s), ResNet-18 at a quarter
+# width, the bundled all-MiniLM-L6-v2 text tower with its top layer training, on CPU.
+# Builds the corpus on first use, trains, then evaluates zero-shot and retrieval.
+#
+#   python -m ecgclip_jax.train --config configs/demo.py --workdir workdirs/demo
+#
+# Re-running the same command resumes from the newest checkpoint in the workdir.
+from ecgclip_jax.config_defaults import default_config
+
+
+def get_config():
+  c = default_config()
+  c.data.builder_config = "100hz"
+  c.data.num_patients = 1600
+  c.data.num_samples = 1000
+  c.text.max_length = 48
+  c.text.trainable_top_layers = 0
+  c.ecg.arch = "resnet18"
+  c.ecg.width_multiplier = 0.25
+  c.model.embed_dim = 128
+  c.batch_size = 64
+  c.total_steps = 600
+  c.optim.learning_rate = 1e-3
+  c.optim.warmup_steps = 50
+  c.optim.weight_decay = 0.01
+  c.log_every_steps = 25
+  c.checkpoint_every_steps = 200
+  c.eval.batch_size = 128
+  return c

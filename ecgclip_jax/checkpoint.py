@@ -1,0 +1,62 @@
+"""Orbax checkpoints holding everything a run needs to continue exactly.
+
+Items per step: `state` (parameters, BatchNorm statistics, optimizer state, step, RNG),
+`data_iterator` (grain's per-process iterator position) and `config` (the resolved config
+as JSON). Saves are asynchronous; the manager keeps the newest N.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import grain
+import ml_collections
+import orbax.checkpoint as ocp
+
+ITEMS = ("state", "data_iterator", "config")
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def make_manager(workdir: str, *, save_every: int = 1, keep: int = 3,
+                 read_only: bool = False) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      save_interval_steps=save_every, max_to_keep=keep, create=not read_only,
+      enable_async_checkpointing=True, read_only=read_only)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator: Any,
+         config: ml_collections.ConfigDict, *, force: bool = False) -> bool:
+  """Starts an asynchronous save when `step` is due (or `force`); returns whether it did."""
+  return manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data_iterator=grain.checkpoint.CheckpointSave(data_iterator),
+      config=ocp.args.JsonSave(json.loads(config.to_json()))), force=force)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
+            data_iterator: Any | None = None) -> tuple[Any, dict]:
+  """Restores `state` onto the shardings of `abstract_state` (and the iterator in place)."""
+  items = {"state": ocp.args.StandardRestore(abstract_state), "config": ocp.args.JsonRestore()}
+  if data_iterator is not None:
+    items["data_iterator"] = grain.checkpoint.CheckpointRestore(data_iterator)
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  return restored["state"], restored["config"]
+
+
+def resolve_step(manager: ocp.CheckpointManager, step: int | None) -> int:
+  """The requested step, or the latest; a clear error when there is none."""
+  available = manager.all_steps()
+  if not available:
+    raise FileNotFoundError(f"no checkpoint found under {manager.directory}")
+  if step is None:
+    return max(available)
+  if step not in available:
+    raise FileNotFoundError(f"no checkpoint for step {step} under {manager.directory}; "
+                            f"available steps: {sorted(available)}")
+  return step

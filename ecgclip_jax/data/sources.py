@@ -1,0 +1,79 @@
+"""Opens a dataset's array_record splits as random-access sources (no TensorFlow).
+
+`data.name` names a builder package under tfds_builders/. The synthetic corpus needs no
+download, so it is built here when missing; real corpora are built once by their own
+command and must already be in `data.data_dir`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+import ml_collections
+import tensorflow_datasets as tfds
+
+SYNTHETIC = "synthetic_ecg_reports"
+
+
+@dataclasses.dataclass
+class Dataset:
+  builder: tfds.core.DatasetBuilder
+
+  @property
+  def label_names(self) -> list[str]:
+    return list(self.builder.info.metadata["label_names"])
+
+  @property
+  def num_samples(self) -> int:
+    return self.builder.info.features["ecg"].shape[0]
+
+  def source(self, split: str):
+    splits = self.builder.info.splits
+    if split not in splits:
+      raise ValueError(f"{self.builder.info.full_name} has no split {split!r}; "
+                       f"available: {sorted(splits)}")
+    return self.builder.as_data_source(split=split)
+
+
+def _synthetic_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  from tfds_builders.synthetic_ecg_reports import synthetic_ecg_reports_dataset_builder as lib
+  configs = {c.name: c for c in lib.Builder.BUILDER_CONFIGS}
+  if data_config.builder_config not in configs:
+    raise ValueError(f"{SYNTHETIC} has no config {data_config.builder_config!r}; "
+                     f"available: {sorted(configs)}")
+  config = configs[data_config.builder_config]
+  if data_config.num_patients:
+    config = dataclasses.replace(
+        config, name=f"{config.name}_p{data_config.num_patients}_s{config.seed}",
+        num_patients=data_config.num_patients)
+  return lib.prepare(config, data_config.data_dir or None)
+
+
+def _prepared_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  name = f"{data_config.name}/{data_config.builder_config}"
+  try:
+    importlib.import_module(f"tfds_builders.{data_config.name}")  # registers the builder
+  except ModuleNotFoundError:
+    raise ValueError(f"unknown dataset {data_config.name!r}: no package tfds_builders/"
+                     f"{data_config.name}") from None
+  builder = tfds.builder(name, data_dir=data_config.data_dir or None)
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f"dataset {name} is not built in {builder.data_dir_root}: build it first with "
+        f"`tfds build tfds_builders/{data_config.name} --config {data_config.builder_config} "
+        f"--file_format array_record --manual_dir DOWNLOAD --data_dir {builder.data_dir_root}`")
+  return builder
+
+
+def open_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
+  """The dataset named by the config, checked against the config's record length."""
+  if data_config.name == SYNTHETIC:
+    dataset = Dataset(_synthetic_builder(data_config))
+  else:
+    dataset = Dataset(_prepared_builder(data_config))
+  if dataset.num_samples != data_config.num_samples:
+    raise ValueError(
+        f"{dataset.builder.info.full_name} has records of {dataset.num_samples} samples, "
+        f"but data.num_samples={data_config.num_samples}: set it to match")
+  return dataset

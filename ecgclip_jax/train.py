@@ -1,0 +1,149 @@
+"""Contrastive ECG–report pre-training.
+
+    python -m ecgclip_jax.train --config configs/demo.py --workdir DIR [--config.total_steps=N]
+
+Builds the corpus when missing, resumes from the newest checkpoint in DIR/checkpoints,
+and ends with the evaluation job (see evaluate.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from ecgclip_jax import checkpoint, evaluate, parallel, train_state
+from ecgclip_jax.config_defaults import validate_config
+from ecgclip_jax.data import pipeline, sources
+from ecgclip_jax.metrics_writer import MetricWriter
+from ecgclip_jax.models import hf_import
+
+
+def log(message: str) -> None:
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+def check_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_probe_{jax.process_index()}")
+    with open(probe, "w", encoding="utf-8"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(f"workdir {workdir!r} is not writable: {e.strerror}") from None
+
+
+def format_eta(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train_state.TrainState:
+  # =====================================================================================
+  # Checks a user can act on, before any data is read or anything compiles.
+  # =====================================================================================
+  validate_config(config)
+  check_workdir(workdir)
+  encoder_dir = train_state.text_encoder_dir(config)
+  hf_import.check_encoder_dir(encoder_dir)
+  mesh = parallel.make_mesh(config.mesh)
+  per_process_batch = parallel.check_batch_size(config.batch_size, mesh)
+  log(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
+      f"{jax.process_count()} process(es); global batch {config.batch_size}")
+
+  # =====================================================================================
+  # Data: this process's shard of the training split.
+  # =====================================================================================
+  dataset = sources.open_dataset(config.data)
+  train_source = dataset.source(config.data.train_split)
+  tokenizer = hf_import.load_tokenizer(encoder_dir)
+  train_iter = pipeline.make_train_iterator(
+      train_source, tokenizer=tokenizer, max_text_length=config.text.max_length,
+      normalization=config.data.normalization, per_process_batch_size=per_process_batch,
+      seed=config.seed, process_index=jax.process_index(),
+      process_count=jax.process_count(), worker_count=config.data.worker_count)
+
+  # =====================================================================================
+  # Model and state: fresh, or resumed from the newest checkpoint.
+  # =====================================================================================
+  trainer = train_state.Trainer(config)
+  replicated = parallel.replicated(mesh)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                          trainer.abstract_state())
+  shardings = jax.tree.map(lambda x: x.sharding, abstract)
+  manager = checkpoint.make_manager(workdir, save_every=config.checkpoint_every_steps,
+                                    keep=config.keep_checkpoints)
+  latest = manager.latest_step()
+  if latest is None:
+    state = jax.device_put(
+        trainer.init(jax.random.key(config.seed), load_pretrained_text=config.text.pretrained),
+        shardings)
+    log(f"initialized a new run in {workdir}")
+  else:
+    state, _ = checkpoint.restore(manager, latest, abstract, train_iter)
+    log(f"resumed from checkpoint step {latest} in {checkpoint.checkpoint_dir(workdir)}")
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  num_trainable = sum(x.size for x in jax.tree.leaves(train_state.partition(
+      state.params, trainer.mask)[0]))
+  log(f"parameters: {num_params:,} ({num_trainable:,} trainable)")
+
+  # =====================================================================================
+  # Training loop.
+  # =====================================================================================
+  step_fn = jax.jit(trainer.train_step, in_shardings=(shardings, parallel.batch_sharding(mesh)),
+                    out_shardings=(shardings, replicated), donate_argnums=0)
+  writer = MetricWriter(workdir)
+  first_step = int(state.step)
+  window_start, window_steps = None, 0
+  for step in range(first_step + 1, config.total_steps + 1):
+    batch = parallel.global_batch(next(train_iter), mesh)
+    state, metrics = step_fn(state, batch)
+    window_steps += 1
+    if window_start is None:  # the first step compiles; time from its end
+      jax.block_until_ready(metrics)
+      window_start, window_steps = time.time(), 0
+    if step % config.log_every_steps == 0 or step == config.total_steps:
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      elapsed = time.time() - window_start
+      if window_steps:
+        metrics["examples_per_second"] = window_steps * config.batch_size / elapsed
+      writer.write(step, metrics)
+      eta = (format_eta((config.total_steps - step) * elapsed / window_steps)
+             if window_steps else "?")
+      log(f"step {step}/{config.total_steps}  loss {metrics['loss']:.4f}  "
+          f"logit_scale {metrics['logit_scale']:.2f}  lr {metrics['learning_rate']:.2e}  "
+          f"{metrics.get('examples_per_second', float('nan')):.1f} ex/s  ETA {eta}")
+      window_start, window_steps = time.time(), 0
+    checkpoint.save(manager, step, state, train_iter, config,
+                    force=step == config.total_steps)
+  manager.wait_until_finished()
+  writer.close()
+  if first_step >= config.total_steps:
+    log(f"training already complete at step {first_step}")
+
+  # =====================================================================================
+  # Evaluation of the final weights.
+  # =====================================================================================
+  if config.eval.at_end_of_training:
+    evaluate.run_evaluation(config, workdir, int(state.step), trainer, state.params,
+                            state.model_state, mesh)
+  manager.close()
+  return state
+
+
+def main():
+  config = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
+                                           lock_config=True)
+  workdir = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, eval.")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(lambda argv: train_and_evaluate(config.value, workdir.value))
+
+
+if __name__ == "__main__":
+  main()

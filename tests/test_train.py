@@ -1,0 +1,87 @@
+"""The trainer end to end on a tiny synthetic corpus: checkpoints, exact resume, errors."""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from ecgclip_jax import checkpoint, train
+from ecgclip_jax.config_defaults import default_config, validate_config
+
+
+def test_train_writes_checkpoints_metrics_and_eval(tiny_config, tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  state = train.train_and_evaluate(tiny_config, workdir)
+  assert int(state.step) == 4
+  manager = checkpoint.make_manager(workdir, read_only=True)
+  assert manager.all_steps() == [2, 4]
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [l["step"] for l in lines] == [1, 2, 3, 4]
+  assert all(np.isfinite(l["loss"]) and l["logit_scale"] > 0 for l in lines)
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  metrics = json.load(open(os.path.join(workdir, "eval", "4", "metrics.json")))
+  assert metrics["step"] == 4
+  assert 0 <= metrics["zero_shot"]["macro"]["auroc"] <= 1
+  out = capsys.readouterr().out
+  assert "step 4/4" in out and "ex/s" in out and "ETA" in out
+  assert "macro (zero-shot)" in out
+
+
+def test_resume_from_a_checkpoint_continues_exactly(tiny_config, tmp_path):
+  """Resuming from the step-2 checkpoint of a 4-step run reproduces that run's step 4:
+  parameters, BatchNorm statistics, optimizer state and data-iterator position all restored."""
+  tiny_config.eval.at_end_of_training = False
+  straight_dir = tmp_path / "straight"
+  straight = train.train_and_evaluate(tiny_config, str(straight_dir))
+
+  resumed_dir = tmp_path / "resumed"
+  shutil.copytree(straight_dir / "checkpoints" / "2", resumed_dir / "checkpoints" / "2")
+  resumed = train.train_and_evaluate(tiny_config, str(resumed_dir))
+  assert int(resumed.step) == 4
+  lines = [json.loads(l) for l in open(resumed_dir / "metrics.jsonl")]
+  assert [l["step"] for l in lines] == [3, 4]  # it did not start over
+  straight_lines = [json.loads(l) for l in open(straight_dir / "metrics.jsonl")]
+  assert lines[-1]["loss"] == pytest.approx(straight_lines[-1]["loss"], rel=1e-5)
+  for name in ("params", "model_state", "opt_state"):
+    for a, b in zip(jax.tree.leaves(getattr(straight, name)), jax.tree.leaves(getattr(resumed, name))):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def test_rerun_of_a_finished_run_does_not_train_again(tiny_config, tmp_path, capsys):
+  tiny_config.eval.at_end_of_training = False
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  capsys.readouterr()
+  state = train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert int(state.step) == 4
+  out = capsys.readouterr().out
+  assert "resumed from checkpoint step 4" in out and "training already complete" in out
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda c: c.data.__setattr__("normalisation", "zscore"), "unknown config key 'data.normalisation'"),
+    (lambda c: c.__setattr__("batch_size", 12), "not divisible by the data-parallel size 8"),
+    (lambda c: c.text.__setattr__("encoder_dir", "/nonexistent/bert"), "text encoder folder not found"),
+])
+def test_user_errors_are_one_clear_line_before_any_work(tiny_config, tmp_path, mutate, message):
+  with tiny_config.unlocked():
+    mutate(tiny_config)
+  with pytest.raises((ValueError, FileNotFoundError), match=message):
+    train.train_and_evaluate(tiny_config, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_unwritable_workdir_is_a_clear_error(tiny_config, tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  with pytest.raises(PermissionError, match="is not writable"):
+    train.train_and_evaluate(tiny_config, str(blocker / "run"))
+
+
+def test_locked_defaults_reject_misspelt_keys_where_written():
+  c = default_config()
+  with pytest.raises(AttributeError):
+    c.optim.learning_rat = 1.0
+  validate_config(c)
