@@ -1,5 +1,5 @@
 # The embedded default: synthetic ECG–report corpus (100 Hz x 10 s), ResNet-18 at a quarter
-# width, the bundled all-MiniLM-L6-v2 text tower with its top layer training, on CPU.
+# width, the bundled all-MiniLM-L6-v2 text tower with only its top layer training, on CPU.
 # Builds the corpus on first use, trains, then evaluates zero-shot and retrieval.
 #
 #   python -m ecgclip_jax.train --config configs/demo.py --workdir workdirs/demo
@@ -13,8 +13,8 @@ def get_config():
   c.data.builder_config = "100hz"
   c.data.num_patients = 1600
   c.data.num_samples = 1000
-  c.text.max_length = 48
-  c.text.trainable_top_layers = 0
+  c.text.max_length = 40
+  c.text.trainable_top_layers = 1
   c.ecg.arch = "resnet18"
   c.ecg.width_multiplier = 0.25
   c.model.embed_dim = 128

@@ -22,21 +22,21 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-def make_manager(workdir: str, *, save_every: int = 1, keep: int = 3,
-                 read_only: bool = False) -> ocp.CheckpointManager:
+def make_manager(workdir: str, *, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+  """The caller decides when a save is due; the manager keeps the newest `keep`."""
   options = ocp.CheckpointManagerOptions(
-      save_interval_steps=save_every, max_to_keep=keep, create=not read_only,
+      max_to_keep=None if read_only else keep, create=not read_only,
       enable_async_checkpointing=True, read_only=read_only)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator: Any,
-         config: ml_collections.ConfigDict, *, force: bool = False) -> bool:
-  """Starts an asynchronous save when `step` is due (or `force`); returns whether it did."""
-  return manager.save(step, args=ocp.args.Composite(
+         config: ml_collections.ConfigDict) -> None:
+  """Starts an asynchronous save of everything needed to continue from `step`."""
+  manager.save(step, force=True, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data_iterator=grain.checkpoint.CheckpointSave(data_iterator),
-      config=ocp.args.JsonSave(json.loads(config.to_json()))), force=force)
+      config=ocp.args.JsonSave(json.loads(config.to_json()))))
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,

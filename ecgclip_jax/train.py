@@ -77,8 +77,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                           trainer.abstract_state())
   shardings = jax.tree.map(lambda x: x.sharding, abstract)
-  manager = checkpoint.make_manager(workdir, save_every=config.checkpoint_every_steps,
-                                    keep=config.keep_checkpoints)
+  manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints)
   latest = manager.latest_step()
   if latest is None:
     state = jax.device_put(
@@ -114,14 +113,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
       if window_steps:
         metrics["examples_per_second"] = window_steps * config.batch_size / elapsed
       writer.write(step, metrics)
-      eta = (format_eta((config.total_steps - step) * elapsed / window_steps)
-             if window_steps else "?")
+      speed = "compiled"
+      if window_steps:
+        eta = format_eta((config.total_steps - step) * elapsed / window_steps)
+        speed = f"{metrics['examples_per_second']:.1f} ex/s  ETA {eta}"
       log(f"step {step}/{config.total_steps}  loss {metrics['loss']:.4f}  "
-          f"logit_scale {metrics['logit_scale']:.2f}  lr {metrics['learning_rate']:.2e}  "
-          f"{metrics.get('examples_per_second', float('nan')):.1f} ex/s  ETA {eta}")
+          f"logit_scale {metrics['logit_scale']:.2f}  lr {metrics['learning_rate']:.2e}  {speed}")
       window_start, window_steps = time.time(), 0
-    checkpoint.save(manager, step, state, train_iter, config,
-                    force=step == config.total_steps)
+    if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
+      checkpoint.save(manager, step, state, train_iter, config)
   manager.wait_until_finished()
   writer.close()
   if first_step >= config.total_steps:

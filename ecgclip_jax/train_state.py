@@ -171,7 +171,7 @@ class Trainer:
     trainable = optax.apply_updates(trainable, updates)
     new_state = state.replace(step=state.step + 1, params=combine(trainable, frozen),
                               model_state=model_state, opt_state=opt_state)
-    metrics = {"loss": loss, "logit_scale": scale, "grad_norm": optax.global_norm(grads),
+    metrics = {"loss": loss, "logit_scale": scale, "grad_norm": optax.tree.norm(grads),
                "learning_rate": learning_rate_schedule(self.config)(state.step)}
     return new_state, metrics
 

@@ -44,9 +44,8 @@ def _synthetic_builder(data_config: ml_collections.ConfigDict) -> tfds.core.Data
                      f"available: {sorted(configs)}")
   config = configs[data_config.builder_config]
   if data_config.num_patients:
-    config = dataclasses.replace(
-        config, name=f"{config.name}_p{data_config.num_patients}_s{config.seed}",
-        num_patients=data_config.num_patients)
+    config = lib.custom_config(config.sample_rate, data_config.num_patients, seed=config.seed,
+                               duration_s=config.duration_s)
   return lib.prepare(config, data_config.data_dir or None)
 
 

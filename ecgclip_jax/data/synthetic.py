@@ -69,6 +69,11 @@ class Record:
     return to_microvolts(self.ecg)
 
 
+def patient_id(seed: int, index: int) -> str:
+  """Id of the `index`-th patient (0-based) of the corpus drawn with `seed`."""
+  return f"s{seed}-p{index:06d}"
+
+
 def to_microvolts(ecg_mv: np.ndarray) -> np.ndarray:
   """Millivolts to int16 microvolts (1000 per mV), clipped to the int16 range."""
   return np.clip(np.rint(np.asarray(ecg_mv, np.float64) * 1000), -32768, 32767).astype(np.int16)
@@ -202,22 +207,22 @@ def _sample_cohort(num_patients: int, seed: int) -> _Cohort:
   def chronic(prevalence, persistence):
     return (rng.random(num_patients) < prevalence * risk)[pat] & (rng.random(n) < persistence)
 
-  lbbb = chronic(0.05, 0.95)
-  rbbb = chronic(0.07, 0.95) & ~lbbb
+  lbbb = chronic(0.06, 0.95)
+  rbbb = chronic(0.08, 0.95) & ~lbbb
   low = chronic(0.04, 0.9)
-  lvh = chronic(np.where(male, 0.16, 0.1), 0.9) & ~lbbb & ~low
+  lvh = chronic(np.where(male, 0.18, 0.12), 0.9) & ~lbbb & ~low
   af = chronic(0.08, 0.75) | (rng.random(n) < 0.02)
-  avb = chronic(0.09, 0.85) & ~af
-  pvc = rng.random(n) < np.where((rng.random(num_patients) < 0.12)[pat], 0.6, 0.07)
+  avb = chronic(0.1, 0.85) & ~af
+  pvc = rng.random(n) < np.where((rng.random(num_patients) < 0.12)[pat], 0.6, 0.08)
   tone = 0.6 * rng.normal(size=num_patients)[pat] + 0.8 * rng.normal(size=n)  # resting rate
-  acute = (rng.random(n) < 0.08) & ~lbbb
+  acute = (rng.random(n) < 0.1) & ~lbbb
   territory = rng.choice(4, n, p=[0.4, 0.35, 0.1, 0.15])  # inf, ant, lat, anterolateral
 
   labels = np.zeros((n, NUM_LABELS), bool)
   labels[:, _L["atrial_fibrillation"]] = af
-  labels[:, _L["sinus_bradycardia"]] = ~af & (tone < -1.4)
-  labels[:, _L["sinus_tachycardia"]] = ~af & (tone > 1.4)
-  labels[:, _L["normal_sinus_rhythm"]] = ~af & (np.abs(tone) <= 1.4)
+  labels[:, _L["sinus_bradycardia"]] = ~af & (tone < -1.3)
+  labels[:, _L["sinus_tachycardia"]] = ~af & (tone > 1.3)
+  labels[:, _L["normal_sinus_rhythm"]] = ~af & (np.abs(tone) <= 1.3)
   for name, value in (("first_degree_av_block", avb), ("left_bundle_branch_block", lbbb),
                       ("right_bundle_branch_block", rbbb), ("left_ventricular_hypertrophy", lvh),
                       ("premature_ventricular_complexes", pvc), ("low_qrs_voltage", low),
@@ -227,7 +232,7 @@ def _sample_cohort(num_patients: int, seed: int) -> _Cohort:
     labels[:, _L[name]] = value
 
   traits = _sample_traits(rng, num_patients, male)
-  pids = [f"s{seed}-p{p:06d}" for p in range(num_patients)]
+  pids = [patient_id(seed, p) for p in range(num_patients)]
   return _Cohort(
       patient_ids=[pids[p] for p in pat],
       record_ids=[f"{pids[p]}-r{v}" for p, v in zip(pat, visit)],
@@ -388,7 +393,8 @@ def _sample_plan(cohort: _Cohort, duration_s: float, seed: int) -> _Plan:
   weight[:, 0, [_P_RA, _P_LA, _T]] *= np.where(low, scale, 1)[:, None, None]  # damped throughout
   size = lambda kind: np.linalg.norm(_qrs_trace(center, sigma, weight, kind), axis=2).max(1)
   weight[:, 1] *= (u(1.2, 1.8) * size(0) / size(1))[:, None, None]  # ectopics dwarf own beats
-  beat_time, beat_kind, beat_gain = _sample_beats(rng, rr_s, af, pvc, duration_s)
+  qt_s = (qrs_ms + jt_ms) / 1000
+  beat_time, beat_kind, beat_gain = _sample_beats(rng, rr_s, qt_s, af, pvc, duration_s)
   visible = (beat_time >= 0) & (beat_time < duration_s)
   n_visible = visible.sum(1)
   span = np.where(visible, beat_time, -np.inf).max(1) - np.where(visible, beat_time, np.inf).min(1)
@@ -467,7 +473,7 @@ def _voltage_scale(qrs, lvh, low, rng) -> np.ndarray:
       normal)
 
 
-def _sample_beats(rng, rr_s, af, pvc, duration_s):
+def _sample_beats(rng, rr_s, qt_s, af, pvc, duration_s):
   """QRS onset times [n, B] (nan = unused), kinds (1 = PVC) and per-beat amplitude."""
   n = len(rr_s)
   slots = int(np.ceil((duration_s + _PRE_S + _POST_S + 1.5) / 0.28)) + 1
@@ -486,15 +492,16 @@ def _sample_beats(rng, rr_s, af, pvc, duration_s):
   ectopic = pvc[:, None] & (rng.random((n, slots)) < rng.uniform(0.05, 0.25, (n, 1)))
   ectopic[:, 0] = False
   ectopic[:, 1:] &= ~ectopic[:, :-1]  # no couplets
-  inside = (t > 0.8) & (t < duration_s - 1.2)
-  fallback = (t > 0.3) & (t < duration_s - 0.3)
+  inside = (t > 1.5) & (t < duration_s - 1.5)
+  fallback = (t > 0.5) & (t < duration_s - 0.3)
   forced = 1 + np.argmax((rng.random((n, slots)) + 2 * inside + fallback)[:, 1:-1], 1)
   ectopic[rows, forced - 1] &= ~pvc
   ectopic[rows, forced + 1] &= ~pvc
   ectopic[rows, forced] |= pvc
-  coupling = rng.uniform(0.55, 0.7, (n, 1))
+  coupling = rng.uniform(0.55, 0.7, (n, 1)) * rr_s[:, None]  # seconds, but not on the T wave
+  coupling = np.minimum(np.maximum(coupling, qt_s[:, None] + 0.02), 0.8 * rr_s[:, None])
   previous = np.concatenate([t[:, :1], t[:, :-1]], 1)
-  t = np.where(ectopic, previous + coupling * (t - previous), t)
+  t = np.where(ectopic, previous + np.minimum(coupling, 0.8 * (t - previous)), t)
   t = np.where((t > -_POST_S) & (t < duration_s + _PRE_S), t, np.nan)
   gain = 1 + rng.uniform(0.01, 0.03, (n, 1)) * np.sin(2 * np.pi * resp_hz * t + resp_phase)
   return t, ectopic.astype(np.int8), np.nan_to_num(gain + 0.005 * rng.normal(size=(n, slots)))
@@ -510,44 +517,48 @@ def _render(plan: _Plan, sample_rate: int, num_samples: int, rng, noise: bool) -
   width = pre + int(np.ceil(_POST_S * sample_rate)) + 1
   tau = (np.arange(width) - pre) * 1000.0 / sample_rate
   shape = _profile(tau, plan.center[..., None], plan.sigma[..., None], plan.fall[..., None],
-                   plan.flat[..., None])
-  template = np.einsum("nkcw,nkcl->nkwl", shape.astype(np.float32), plan.weight)
+                   plan.flat[..., None]).astype(np.float32)
+  template = np.swapaxes(shape, 2, 3) @ plan.weight  # [n, kind, W, 12]
 
   out = np.zeros((n, num_samples + 2 * width, NUM_LEADS), np.float32)
   rows = np.arange(n)[:, None]
   used = ~np.isnan(plan.beat_time)
   onset = np.rint(np.nan_to_num(plan.beat_time) * sample_rate).astype(int) - pre + width
   onset = np.clip(onset, 0, num_samples + width)
+  gain = (used * plan.beat_gain).astype(np.float32)
   for j in np.flatnonzero(used.any(0)):
-    beat = template[rows[:, 0], plan.beat_kind[:, j]] * (used[:, j] * plan.beat_gain[:, j])[:, None, None]
-    out[rows, onset[:, j, None] + np.arange(width)] += beat.astype(np.float32)
+    out[rows, onset[:, j, None] + np.arange(width)] += (
+        template[rows[:, 0], plan.beat_kind[:, j]] * gain[:, j, None, None])
   ecg = out[:, width:width + num_samples]
 
-  t = np.arange(num_samples) / sample_rate
-  f0, depth, mod_hz, phase, am_phase = (plan.fwave[:, i, None] for i in range(5))
+  t = np.arange(num_samples, dtype=np.float32) / sample_rate
+  af = np.flatnonzero(plan.fwave_weight.any(1))
+  f0, depth, mod_hz, phase, am_phase = (plan.fwave[af, i, None].astype(np.float32) for i in range(5))
   fib = (1 + 0.3 * np.sin(2 * np.pi * 0.2 * t + am_phase)) * np.sin(
       2 * np.pi * f0 * t - depth / mod_hz * np.cos(2 * np.pi * mod_hz * t + phase))
-  ecg += (fib[:, :, None] * plan.fwave_weight[:, None, :]).astype(np.float32)
+  ecg[af] += fib[:, :, None] * plan.fwave_weight[af, None, :].astype(np.float32)
   if noise:
-    ecg += (_electrode_noise(rng, n, t, sample_rate) @ _ELECTRODE_TO_LEADS).astype(np.float32)
+    ecg += _electrode_noise(rng, n, t, sample_rate) @ _ELECTRODE_TO_LEADS.astype(np.float32)
   return ecg
 
 
 def _electrode_noise(rng, n: int, t: np.ndarray, sample_rate: int) -> np.ndarray:
-  """[n, T, 9] mV: baseline wander (<0.5 Hz), mains hum, bursts of EMG, per electrode."""
-  wander = np.sin(2 * np.pi * rng.uniform(0.05, 0.45, (n, 3, 1)) * t + rng.uniform(0, 2 * np.pi, (n, 3, 1)))
-  level = np.exp(rng.normal(np.log(0.06), 0.6, (n, 1, 1)))
-  e = np.einsum("nkt,nke->nte", wander, level * rng.normal(size=(n, 3, 9)))
-  mains = np.where(rng.random(n) < 0.5, 50.0, 60.0)[:, None]
-  hum = np.sin(2 * np.pi * mains * t + rng.uniform(0, 2 * np.pi, (n, 1)))
+  """[n, T, 9] float32 mV: baseline wander (<0.5 Hz), mains hum, bursts of EMG, per electrode."""
+  u = lambda lo, hi, shape: rng.uniform(lo, hi, shape).astype(np.float32)
+  normal = lambda shape: rng.standard_normal(shape, dtype=np.float32)
+  wander = np.sin(2 * np.pi * u(0.05, 0.45, (n, 1, 3)) * t[:, None] + u(0, 2 * np.pi, (n, 1, 3)))
+  level = np.exp(rng.normal(np.log(0.06), 0.6, (n, 1, 1))).astype(np.float32)
+  e = wander @ (level * normal((n, 3, 9)))
+  mains = np.where(rng.random((n, 1)) < 0.5, 50, 60).astype(np.float32)
+  hum = np.sin(2 * np.pi * mains * t + u(0, 2 * np.pi, (n, 1)))
   hum *= mains < 0.45 * sample_rate  # an anti-aliased recorder removes what it cannot sample
-  e += hum[:, :, None] * rng.uniform(0, 0.02, (n, 1, 1)) * rng.normal(size=(n, 1, 9))
+  hum_level = np.exp(rng.normal(np.log(0.01), 0.6, (n, 1, 1))).astype(np.float32)
+  e += hum[:, :, None] * (hum_level * normal((n, 1, 9)))
   sos = signal.butter(2, [20, min(150, 0.45 * sample_rate)], "bandpass", fs=sample_rate, output="sos")
-  emg = signal.sosfilt(sos, rng.normal(size=(n, t.size, 9)).astype(np.float32), axis=1)
-  burst = 0.5 + 2 * np.clip(np.sin(2 * np.pi * rng.uniform(0.05, 0.3, (n, 1)) * t
-                                   + rng.uniform(0, 2 * np.pi, (n, 1))), 0, 1) ** 4
+  emg = signal.sosfilt(sos.astype(np.float32), normal((n, t.size, 9)), axis=1)
+  burst = 0.5 + 2 * np.clip(np.sin(2 * np.pi * u(0.05, 0.3, (n, 1)) * t + u(0, 2 * np.pi, (n, 1))), 0, 1) ** 4
   emg_level = np.exp(rng.normal(np.log(0.012), 0.6, (n, 1, 1))) * np.r_[np.ones(3), np.full(6, 0.6)]
-  return e + emg * burst[:, :, None] * emg_level
+  return e + emg * burst[:, :, None] * emg_level.astype(np.float32)
 
 
 def _annotations(plan: _Plan, i: int, labels: np.ndarray, sample_rate: int, num_samples: int):

@@ -1,0 +1,4 @@
+"""Synthetic ECG-report corpus as a TFDS dataset (see the builder module's docstring)."""
+
+from .synthetic_ecg_reports_dataset_builder import (
+    LABEL_NAMES, SPLITS, Builder, SyntheticConfig, custom_config, patient_splits, prepare)
