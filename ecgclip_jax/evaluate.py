@@ -14,11 +14,10 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from jax.experimental import multihost_utils
-from ml_collections import config_flags
 
-from ecgclip_jax import checkpoint, parallel, train_state
+from ecgclip_jax import checkpoint, cli, parallel, train_state
 from ecgclip_jax.config_defaults import validate_config
 from ecgclip_jax.data import pipeline, sources
 from ecgclip_jax.evaluators import retrieval, zero_shot
@@ -130,12 +129,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
 
 
 def main():
-  config = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
-                                           lock_config=True)
-  workdir = flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
+  config, workdir = cli.define_config_and_workdir("Training workdir holding checkpoints/.")
   step = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(lambda argv: evaluate_checkpoint(config.value, workdir.value, step.value))
+  cli.run(lambda: evaluate_checkpoint(config.value, workdir.value, step.value))
 
 
 if __name__ == "__main__":

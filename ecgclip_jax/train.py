@@ -13,10 +13,7 @@ import time
 
 import jax
 import ml_collections
-from absl import app, flags
-from ml_collections import config_flags
-
-from ecgclip_jax import checkpoint, evaluate, parallel, train_state
+from ecgclip_jax import checkpoint, cli, evaluate, parallel, train_state
 from ecgclip_jax.config_defaults import validate_config
 from ecgclip_jax.data import pipeline, sources
 from ecgclip_jax.metrics_writer import MetricWriter
@@ -138,11 +135,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
 
 
 def main():
-  config = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
-                                           lock_config=True)
-  workdir = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, eval.")
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(lambda argv: train_and_evaluate(config.value, workdir.value))
+  config, workdir = cli.define_config_and_workdir("Directory for checkpoints, metrics, eval.")
+  cli.run(lambda: train_and_evaluate(config.value, workdir.value))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ class Annotation(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Record:
+  """One ECG with its report, its labels and where each finding lies."""
+
   ecg: np.ndarray  # [T, 12] float32 millivolts, LEAD_NAMES order
   labels: np.ndarray  # [NUM_LABELS] bool
   report: str
@@ -61,7 +63,7 @@ class Record:
   age: int
   sex: int  # 0 female, 1 male
   sample_rate: int
-  annotations: tuple[Annotation, ...]
+  annotations: tuple[Annotation, ...]  # sorted by start
 
   @property
   def ecg_uv(self) -> np.ndarray:
@@ -144,7 +146,7 @@ _NORMAL, _LBBB, _RBBB = range(3)
 _QRS_TIMING = np.array([
     [[.16, .065], [.42, .10], [.56, .09], [.80, .08]],  # septum left-to-right, then LV
     [[.15, .07], [.35, .10], [.62, .10], [.82, .07]],  # LBBB: slow, notched, leftward
-    [[.16, .065], [.42, .10], [.56, .09], [.80, .08]],  # RBBB: normal LV, late R' below
+    [[.16, .065], [.42, .10], [.56, .09], [.80, .08]],  # RBBB: normal LV, then wave _X
 ])
 _QRS_VECTORS = np.array([
     [[-.10, .03, .14], [.55, .65, .35], [.55, .55, -.45], [-.08, -.10, -.40]],
@@ -249,7 +251,7 @@ def _sample_traits(rng: np.random.Generator, n: int, male: np.ndarray) -> dict[s
   return dict(
       amplitude=np.exp(rng.normal(0, 0.15, n)) * np.where(male, 1.05, 0.92),
       axis_deg=np.clip(rng.normal(50, 20, n), -25, 88),
-      rotation_deg=rng.normal(0, 12, n),
+      rotation_deg=np.clip(rng.normal(0, 12, n), -25, 25),
       qtc_ms=np.clip(rng.normal(np.where(male, 400, 415), 12), 370, 450),
       pvc_focus=_unit(focus[:, None] + rng.normal(0, 0.3, (n, 2, 3))),
   )
@@ -268,31 +270,31 @@ def _cohort_for_labels(labels: np.ndarray, seed: int) -> _Cohort:
   )
 
 
-# ----------------------------------------------------------------------------- beats and waves
+# ----------------------------------------------------------------------------- waves
 
 
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-  """Everything needed to render records; arrays over records, sliced per chunk."""
+@dataclasses.dataclass
+class _Waves:
+  """Wave parameters, arrays [n, 2 beat kinds, 9 waves] (weight adds 12 leads)."""
 
-  center: np.ndarray  # [n, 2, 9] ms after QRS onset, per beat kind and wave
-  sigma: np.ndarray  # [n, 2, 9] ms, width of the rising edge
-  fall: np.ndarray  # [n, 2, 9] ms, width of the falling edge
-  flat: np.ndarray  # [n, 2, 9] ms half-width of a flat top (ST plateau)
-  weight: np.ndarray  # [n, 2, 9, 12] mV at the top of each wave, per lead
-  qrs_ms: np.ndarray  # [n, 2]
-  beat_time: np.ndarray  # [n, B] s of QRS onset; nan where unused
-  beat_kind: np.ndarray  # [n, B]
-  beat_gain: np.ndarray  # [n, B] respiratory amplitude modulation
-  fwave: np.ndarray  # [n, 5] base Hz, modulation depth Hz, modulation Hz, phase, AM phase
-  fwave_weight: np.ndarray  # [n, 12] mV
-  rate_bpm: np.ndarray
-  pr_ms: np.ndarray
-  pvc_count: np.ndarray
-  lvh_strain: np.ndarray
+  center: np.ndarray  # ms after QRS onset
+  sigma: np.ndarray  # ms, rising edge
+  fall: np.ndarray  # ms, falling edge
+  flat: np.ndarray  # ms, half-width of a flat top (the ST plateau)
+  weight: np.ndarray  # mV at the top of the wave, per lead
 
-  def take(self, sl: slice) -> _Plan:
-    return _Plan(**{f.name: getattr(self, f.name)[sl] for f in dataclasses.fields(self)})
+  @classmethod
+  def empty(cls, n: int) -> _Waves:
+    shape = (n, 2, _NUM_WAVES)
+    return cls(np.zeros(shape), np.ones(shape), np.ones(shape), np.zeros(shape),
+               np.zeros(shape + (NUM_LEADS,)))
+
+  def trace(self, kind: int, waves: slice, until_ms) -> np.ndarray:
+    """[n, 200, 12] the noise-free sum of `waves` at 1 ms steps from QRS onset to `until_ms`."""
+    t = np.arange(0.0, 200.0)
+    shape = _profile(t, *(a[:, kind, waves, None] for a in (self.center, self.sigma, self.fall, self.flat)))
+    out = np.einsum("ncg,ncl->ngl", shape, self.weight[:, kind, waves])
+    return out * (t < np.asarray(until_ms)[:, None])[..., None]
 
 
 def _profile(t, center, rise, fall, flat):
@@ -315,110 +317,115 @@ def _rotation(axis_deg, rotation_deg) -> np.ndarray:
   return frontal @ transverse
 
 
-def _sample_plan(cohort: _Cohort, duration_s: float, seed: int) -> _Plan:
-  """Intervals, rates, wave vectors and beat times for every record."""
-  rng = np.random.default_rng([seed, 1])
-  labels = cohort.labels
+def _fixed(v) -> np.ndarray:
+  """Heart vectors [..., 3] to leads, for anatomical sources that do not turn with the heart."""
+  return np.asarray(v) @ _VECTOR_TO_LEADS
+
+
+def _conducted_beat(w: _Waves, rng, cohort: _Cohort, labels, intervals) -> np.ndarray:
+  """Fills beat kind 0 (P, QRS by conduction pathway, secondary ST, T); returns LVH strain."""
   n = len(labels)
-  has = lambda name: labels[:, _L[name]]
   u = lambda lo, hi: rng.uniform(lo, hi, n)
-  af, lbbb, rbbb = has("atrial_fibrillation"), has("left_bundle_branch_block"), has("right_bundle_branch_block")
-  lvh, low, pvc = has("left_ventricular_hypertrophy"), has("low_qrs_voltage"), has("premature_ventricular_complexes")
+  has = lambda name: labels[:, _L[name]]
+  af, lbbb, rbbb, lvh = (has(k) for k in ("atrial_fibrillation", "left_bundle_branch_block",
+                                          "right_bundle_branch_block", "left_ventricular_hypertrophy"))
+  qrs_ms, lv_ms, pr_ms, jt_ms = intervals
   conduction = np.select([lbbb, rbbb], [_LBBB, _RBBB], _NORMAL)
-
-  af_rate = np.choose(rng.choice(3, n, p=[0.1, 0.5, 0.4]), [u(48, 58), u(62, 98), u(104, 150)])
-  rate = np.select([has("sinus_bradycardia"), has("sinus_tachycardia"), af],
-                   [u(40, 57), u(103, 150), af_rate], u(62, 98))
-  rr_s = 60 / rate
-  qrs_ms = np.where(lbbb | rbbb, u(135, 170), u(82, 104))
-  lv_ms = np.where(rbbb, u(84, 98), qrs_ms)  # RBBB: the LV part is on time
-  pr_ms = np.where(has("first_degree_av_block"),  # shorter when fast, keeping P off the T
-                   rng.uniform(225, np.clip(450 * rr_s + 60, 235, 320)),
-                   np.maximum(u(130, 190) - 0.4 * np.maximum(rate - 90, 0), 120))
-  jt_ms = cohort.qtc_ms * np.sqrt(rr_s) - 95  # Bazett; a wide QRS delays, not widens, the T
   gain = cohort.amplitude
-  rot = _rotation(cohort.axis_deg + rng.normal(0, 3, n) - 15 * lbbb, cohort.rotation_deg)
-  project = lambda v: np.einsum("nij,nj,il->nl", rot, v, _VECTOR_TO_LEADS) if v.ndim == 2 else \
-      np.einsum("nij,nwj,il->nwl", rot, v, _VECTOR_TO_LEADS)
-  fixed = lambda v: v @ _VECTOR_TO_LEADS  # anatomical, not turned with the patient's heart
+  axis = cohort.axis_deg + rng.normal(0, 3, n)
+  axis = np.where(lbbb, _CANONICAL_AXIS_DEG + 0.5 * (axis - _CANONICAL_AXIS_DEG), axis)  # LBBB: -20..35
+  rot = _rotation(axis, cohort.rotation_deg)
+  project = lambda v: np.einsum("nij,n...j,il->n...l", rot, v, _VECTOR_TO_LEADS)
 
-  center = np.zeros((n, 2, _NUM_WAVES))
-  sigma = np.ones((n, 2, _NUM_WAVES))
-  flat = np.zeros((n, 2, _NUM_WAVES))
-  weight = np.zeros((n, 2, _NUM_WAVES, NUM_LEADS))
-
-  # Conducted beat: P (right then left atrium; absent in AF) ...
+  # P: right then left atrium; none in AF.
   p_sigma, p_amp = u(13, 17), u(0.08, 0.13) * gain * ~af
-  center[:, 0, _P_RA] = -pr_ms + 2.45 * p_sigma
-  center[:, 0, _P_LA] = center[:, 0, _P_RA] + 24
-  sigma[:, 0, [_P_RA, _P_LA]] = p_sigma[:, None]
-  weight[:, 0, _P_RA] = fixed(p_amp[:, None] * [.25, .8, .45])
-  weight[:, 0, _P_LA] = fixed(p_amp[:, None] * [.75, .45, -.1])
-  # ... QRS by conduction pathway (RBBB adds a late right-anterior wave) ...
+  w.center[:, 0, _P_RA] = -pr_ms + 2.45 * p_sigma
+  w.center[:, 0, _P_LA] = w.center[:, 0, _P_RA] + 24
+  w.sigma[:, 0, [_P_RA, _P_LA]] = p_sigma[:, None]
+  w.weight[:, 0, _P_RA] = _fixed(p_amp[:, None] * [.25, .8, .45])
+  w.weight[:, 0, _P_LA] = _fixed(p_amp[:, None] * [.75, .45, -.1])
+  # QRS: septum, LV (thicker in LVH), and in RBBB a late right-anterior R'.
   timing = _QRS_TIMING[conduction]
-  center[:, 0, _Q:_S + 1] = timing[..., 0] * lv_ms[:, None]
-  sigma[:, 0, _Q:_S + 1] = timing[..., 1] * lv_ms[:, None]
-  weight[:, 0, _Q:_S + 1] = project(_QRS_VECTORS[conduction] * (gain * u(0.85, 1.25))[:, None, None])
-  weight[:, 0, _R2] += project(_LVH_FORCES * (lvh * gain * u(1.8, 2.8))[:, None])
-  sigma[:, 0, _X] = 0.1 * qrs_ms
-  center[:, 0, _X] = qrs_ms - 2.45 * sigma[:, 0, _X]
-  weight[:, 0, _X] = project(_RBBB_TERMINAL * (rbbb * gain * u(0.5, 0.9))[:, None])
-  # ... T concordant with the QRS, discordant after LBBB, inverted by LVH strain.
+  w.center[:, 0, _Q:_S + 1] = timing[..., 0] * lv_ms[:, None]
+  w.sigma[:, 0, _Q:_S + 1] = timing[..., 1] * lv_ms[:, None]
+  w.weight[:, 0, _Q:_S + 1] = project(_QRS_VECTORS[conduction] * (gain * u(0.85, 1.25))[:, None, None])
+  w.weight[:, 0, _R2] += project(_LVH_FORCES * (lvh * gain * u(1.8, 2.8))[:, None])
+  w.sigma[:, 0, _X] = 0.1 * qrs_ms
+  w.center[:, 0, _X] = qrs_ms - 2.45 * w.sigma[:, 0, _X]
+  w.weight[:, 0, _X] = _fixed(_RBBB_TERMINAL * (rbbb * gain * u(0.7, 1.1))[:, None])  # RV: right
+  # T concordant with the QRS, discordant after LBBB, inverted by LVH strain; ST likewise.
   strain = lvh & (rng.random(n) < 0.6)
   t_dir = np.where(strain[:, None], -_LV_MAIN, _T_DIRECTION[conduction])
-  sigma[:, 0, _T] = 0.09 * (jt_ms + 95)
-  center[:, 0, _T] = qrs_ms + jt_ms - 2.45 * sigma[:, 0, _T]
-  weight[:, 0, _T] = project(t_dir * (gain * u(0.25, 0.5) * np.select([lbbb, strain], [1.2, 2], 1))[:, None])
-  secondary = (project(-0.12 * _LBBB_MAIN * (lbbb * gain)[:, None])  # discordant in LBBB
-               + project(-0.05 * _LV_MAIN * strain[:, None])
-               + strain[:, None] * _chest(.04, .05, 0, -.05, -.08, -.08))
-  weight[:, 0, _ST] = secondary + _injury(rng, labels, secondary)
-
-  # Premature ventricular beat: wide, bizarre, no P, ST-T opposite to its QRS.
-  pvc_ms = u(140, 180)
-  center[:, 1, _R1], sigma[:, 1, _R1] = 0.37 * pvc_ms, 0.15 * pvc_ms
-  center[:, 1, _R2], sigma[:, 1, _R2] = 0.63 * pvc_ms, 0.15 * pvc_ms
-  weight[:, 1, _R1] = fixed(cohort.pvc_focus[:, 0])
-  weight[:, 1, _R2] = fixed(cohort.pvc_focus[:, 1])
-  pvc_main = _unit(cohort.pvc_focus.sum(1))
-  center[:, 1, _T], sigma[:, 1, _T] = pvc_ms + u(130, 170), 45
-  weight[:, 1, _T] = fixed(-pvc_main * u(0.35, 0.55)[:, None])
-  weight[:, 1, _ST] = fixed(np.broadcast_to(-0.15 * pvc_main, (n, 3)))
-  fall = sigma.copy()
-  for kind, start_ms in ((0, qrs_ms), (1, pvc_ms)):
-    _place_plateau(center, sigma, fall, flat, kind, start_ms)
-
-  scale = _voltage_scale(_qrs_trace(center, sigma, weight, 0), lvh, low, rng)
-  weight[:, 0, _Q:_X + 1] *= scale[:, None, None]
-  weight[:, 0, [_P_RA, _P_LA, _T]] *= np.where(low, scale, 1)[:, None, None]  # damped throughout
-  size = lambda kind: np.linalg.norm(_qrs_trace(center, sigma, weight, kind), axis=2).max(1)
-  weight[:, 1] *= (u(1.2, 1.8) * size(0) / size(1))[:, None, None]  # ectopics dwarf own beats
-  qt_s = (qrs_ms + jt_ms) / 1000
-  beat_time, beat_kind, beat_gain = _sample_beats(rng, rr_s, qt_s, af, pvc, duration_s)
-  visible = (beat_time >= 0) & (beat_time < duration_s)
-  n_visible = visible.sum(1)
-  span = np.where(visible, beat_time, -np.inf).max(1) - np.where(visible, beat_time, np.inf).min(1)
-  measured = 60 * (n_visible - 1) / np.where(n_visible > 1, span, 1)
-  return _Plan(
-      center=center, sigma=sigma, fall=fall, flat=flat, weight=weight.astype(np.float32),
-      qrs_ms=np.stack([qrs_ms, pvc_ms], 1), beat_time=beat_time, beat_kind=beat_kind,
-      beat_gain=beat_gain,
-      fwave=np.stack([u(4.8, 7.5), u(0.2, 0.7), u(0.1, 0.5), u(0, 2 * np.pi), u(0, 2 * np.pi)], 1),
-      fwave_weight=af[:, None] * u(0.05, 0.15)[:, None] * (
-          fixed(np.array([.15, .55, 0])) + _chest(1, .6, .35, .2, .12, .08)),
-      rate_bpm=np.rint(np.where(n_visible > 1, measured, rate)).astype(int),
-      pr_ms=np.rint(pr_ms).astype(int),
-      pvc_count=(visible & (beat_kind == 1)).sum(1), lvh_strain=strain,
-  )
+  w.sigma[:, 0, _T] = 0.09 * (jt_ms + 95)
+  w.center[:, 0, _T] = qrs_ms + jt_ms - 2.45 * w.sigma[:, 0, _T]
+  w.weight[:, 0, _T] = project(t_dir * (gain * u(0.25, 0.5) * np.select([lbbb, strain], [1.2, 2], 1))[:, None])
+  w.weight[:, 0, _ST] = (project(-0.12 * _LBBB_MAIN * (lbbb * gain)[:, None])
+                         + project(-0.05 * _LV_MAIN * strain[:, None])
+                         + strain[:, None] * _chest(.04, .05, 0, -.05, -.08, -.08))
+  return strain
 
 
-def _place_plateau(center, sigma, fall, flat, kind: int, start_ms) -> None:
+def _ectopic_beat(w: _Waves, rng, cohort: _Cohort, pvc_ms) -> None:
+  """Fills beat kind 1: wide and bizarre from the patient's focus, no P, ST-T opposite."""
+  n = len(pvc_ms)
+  w.center[:, 1, _R1], w.sigma[:, 1, _R1] = 0.37 * pvc_ms, 0.15 * pvc_ms
+  w.center[:, 1, _R2], w.sigma[:, 1, _R2] = 0.63 * pvc_ms, 0.15 * pvc_ms
+  w.weight[:, 1, _R1] = _fixed(cohort.pvc_focus[:, 0])
+  w.weight[:, 1, _R2] = _fixed(cohort.pvc_focus[:, 1])
+  main = _unit(cohort.pvc_focus.sum(1))
+  w.center[:, 1, _T], w.sigma[:, 1, _T] = pvc_ms + rng.uniform(130, 170, n), 45
+  w.weight[:, 1, _T] = _fixed(-main * rng.uniform(0.35, 0.55, (n, 1)))
+  w.weight[:, 1, _ST] = _fixed(-0.15 * main)
+
+
+def _place_plateaus(w: _Waves, qrs_ms) -> None:
   """ST segment: up at the J point, flat to the T peak, then down with the T wave."""
-  t_peak = center[:, kind, _T]
-  center[:, kind, _ST] = (start_ms + t_peak) / 2
-  flat[:, kind, _ST] = np.maximum((t_peak - start_ms) / 2 - 5, 0)
-  sigma[:, kind, _ST] = 10
-  fall[:, kind, _ST] = sigma[:, kind, _T]
+  w.fall[:] = w.sigma
+  for kind, j_ms in enumerate(qrs_ms.T):
+    t_peak = w.center[:, kind, _T]
+    w.center[:, kind, _ST] = (j_ms + t_peak) / 2
+    w.flat[:, kind, _ST] = np.maximum((t_peak - j_ms) / 2 - 5, 0)
+    w.sigma[:, kind, _ST] = 10
+    w.fall[:, kind, _ST] = w.sigma[:, kind, _T]
+
+
+def _calibrate(w: _Waves, fwave_weight, rng, labels, qrs_ms) -> None:
+  """Scales `w` and `fwave_weight` in place so measurable criteria fall on the side the labels
+  say, measured on the noise-free beat at 1 ms steps over the QRS (ST included, as a machine
+  measuring it would):
+
+  - RBBB: R' in V1 half again as tall as the initial r.
+  - low voltage: every limb lead's QRS peak-to-peak < 0.5 mV, every chest lead's < 1.0 mV;
+    the whole record is damped, as by an effusion. LVH: Sokolow-Lyon S(V1) + max R(V5, V6)
+    > 3.5 mV. Everyone else stays clear of both, with margin for beat-to-beat variation.
+  - ST elevation: the injury current reaches `_STE_LEADS` minima on top of secondary changes.
+  - PVCs: 1.2-1.8 times the size of the patient's own conducted complexes.
+  """
+  has = lambda name: labels[:, _L[name]]
+  v1, v5, v6 = (LEAD_INDEX[k] for k in ("V1", "V5", "V6"))
+  n = len(labels)
+  r_v1 = w.trace(0, slice(_Q, _S + 1), qrs_ms[:, 0])[:, :, v1].max(1)
+  w.weight[:, 0, _X] *= np.where(has("right_bundle_branch_block"), np.maximum(
+      1, 1.5 * r_v1 / np.maximum(w.weight[:, 0, _X, v1], 1e-3)), 1)[:, None]
+
+  qrs = w.trace(0, slice(_Q, _ST + 1), qrs_ms[:, 0])
+  p2p = qrs.max(1) - qrs.min(1)
+  limb, chest = p2p[:, :6].max(1), p2p[:, 6:].max(1)
+  sokolow = -np.minimum(qrs[:, :, v1].min(1), 0) + np.maximum(qrs[:, :, v5].max(1), qrs[:, :, v6].max(1))
+  low = has("low_qrs_voltage")
+  scale = np.select(
+      [has("left_ventricular_hypertrophy"), low],
+      [rng.uniform(3.9, 5.5, n) / sokolow,
+       np.minimum(rng.uniform(0.25, 0.42, n) / limb, rng.uniform(0.5, 0.85, n) / chest)],
+      np.minimum(np.maximum(1, np.maximum(0.65 / limb, 1.2 / chest)), 3.1 / sokolow))
+  w.weight[:, 0, _Q:_X + 1] *= scale[:, None, None]
+  damp = np.where(low, scale, 1)
+  w.weight[:, 0, [_P_RA, _P_LA, _ST, _T]] *= damp[:, None, None]
+  fwave_weight *= damp[:, None]
+
+  w.weight[:, 0, _ST] += _injury(rng, labels, w.weight[:, 0, _ST])
+  size = lambda kind: np.linalg.norm(w.trace(kind, slice(_Q, _ST + 1), qrs_ms[:, kind]), axis=2).max(1)
+  w.weight[:, 1] *= (rng.uniform(1.2, 1.8, n) * size(0) / size(1))[:, None, None]
 
 
 def _injury(rng: np.random.Generator, labels: np.ndarray, secondary: np.ndarray) -> np.ndarray:
@@ -427,8 +434,8 @@ def _injury(rng: np.random.Generator, labels: np.ndarray, secondary: np.ndarray)
   n = len(labels)
   u = lambda lo, hi: rng.uniform(lo, hi, n)
   limb_only = np.r_[np.ones(6), np.zeros(6)]  # chest leads see the injury up close: _chest
-  frontal = lambda deg, mv: (mv[:, None] * np.stack(
-      [np.cos(np.deg2rad(deg)), np.sin(np.deg2rad(deg)), 0 * deg], 1)) @ _VECTOR_TO_LEADS * limb_only
+  frontal = lambda deg, mv: _fixed(mv[:, None] * np.stack(
+      [np.cos(np.deg2rad(deg)), np.sin(np.deg2rad(deg)), 0 * deg], 1)) * limb_only
   zero = np.zeros(n)
   shapes = {
       "st_elevation_inferior": frontal(u(95, 110), u(.12, .35)) + _chest(-u(0, .08), -u(0, .08), 0, 0, 0, 0),
@@ -444,33 +451,78 @@ def _injury(rng: np.random.Generator, labels: np.ndarray, secondary: np.ndarray)
   return total
 
 
-def _qrs_trace(center, sigma, weight, kind: int) -> np.ndarray:
-  """[n, 200, 12] the noise-free QRS of one beat kind at 1 ms resolution."""
-  t = np.arange(0.0, 200.0)
-  waves = slice(_Q, _X + 1)
-  shape = _profile(t, center[:, kind, waves, None], sigma[:, kind, waves, None],
-                   sigma[:, kind, waves, None], 0)
-  return np.einsum("ncg,ncl->ngl", shape, weight[:, kind, waves])
+# ----------------------------------------------------------------------------- plan
 
 
-def _voltage_scale(qrs, lvh, low, rng) -> np.ndarray:
-  """[n] QRS gain that puts each record's voltages on the side of the criteria its labels say.
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """Everything needed to render records; arrays over records, sliced per chunk."""
 
-  Low voltage means every limb lead's QRS peak-to-peak < 0.5 mV and every chest lead's
-  < 1.0 mV; LVH means Sokolow-Lyon S(V1) + max R(V5, V6) > 3.5 mV; everyone else stays clear
-  of both, with margin for the few percent of beat-to-beat variation.
-  """
-  p2p = qrs.max(1) - qrs.min(1)
-  limb, chest = p2p[:, :6].max(1), p2p[:, 6:].max(1)
-  v1, v5, v6 = (LEAD_INDEX[k] for k in ("V1", "V5", "V6"))
-  sokolow = -np.minimum(qrs[:, :, v1].min(1), 0) + np.maximum(qrs[:, :, v5].max(1), qrs[:, :, v6].max(1))
-  n = len(lvh)
-  normal = np.minimum(np.maximum(1, np.maximum(0.65 / limb, 1.2 / chest)), 3.1 / sokolow)
-  return np.select(
-      [lvh, low],
-      [rng.uniform(3.9, 5.5, n) / sokolow,
-       np.minimum(rng.uniform(0.25, 0.42, n) / limb, rng.uniform(0.5, 0.85, n) / chest)],
-      normal)
+  waves: _Waves
+  qrs_ms: np.ndarray  # [n, 2] per beat kind
+  beat_time: np.ndarray  # [n, B] s of QRS onset; nan where unused
+  beat_kind: np.ndarray  # [n, B]
+  beat_gain: np.ndarray  # [n, B] respiratory amplitude modulation
+  fwave: np.ndarray  # [n, 5] base Hz, modulation depth Hz, modulation Hz, phase, AM phase
+  fwave_weight: np.ndarray  # [n, 12] mV
+  rate_bpm: np.ndarray
+  pr_ms: np.ndarray
+  pvc_count: np.ndarray
+  lvh_strain: np.ndarray
+
+  def take(self, sl: slice) -> _Plan:
+    part = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    part["waves"] = _Waves(**{f.name: getattr(self.waves, f.name)[sl] for f in dataclasses.fields(_Waves)})
+    return _Plan(**{k: v if k == "waves" else v[sl] for k, v in part.items()})
+
+
+def _sample_plan(cohort: _Cohort, duration_s: float, seed: int) -> _Plan:
+  """Rates, intervals, wave shapes and beat times for every record."""
+  rng = np.random.default_rng([seed, 1])
+  labels = cohort.labels
+  n = len(labels)
+  has = lambda name: labels[:, _L[name]]
+  u = lambda lo, hi: rng.uniform(lo, hi, n)
+  af, bbb = has("atrial_fibrillation"), has("left_bundle_branch_block") | has("right_bundle_branch_block")
+
+  af_rate = np.choose(rng.choice(3, n, p=[0.1, 0.5, 0.4]), [u(48, 58), u(62, 98), u(104, 150)])
+  rate = np.select([has("sinus_bradycardia"), has("sinus_tachycardia"), af],
+                   [u(40, 57), u(103, 150), af_rate], u(62, 98))
+  rr_s = 60 / rate
+  qrs_ms = np.where(bbb, u(135, 170), u(82, 104))
+  lv_ms = np.where(has("right_bundle_branch_block"), u(84, 98), qrs_ms)  # RBBB: LV on time
+  pr_ms = np.where(has("first_degree_av_block"),  # shorter when fast, keeping P off the T
+                   rng.uniform(225, np.clip(450 * rr_s + 60, 235, 320)),
+                   np.maximum(u(130, 190) - 0.4 * np.maximum(rate - 90, 0), 120))
+  jt_ms = cohort.qtc_ms * np.sqrt(rr_s) - 95  # Bazett; a wide QRS delays, not widens, the T
+  pvc_ms = u(140, 180)
+
+  waves = _Waves.empty(n)
+  strain = _conducted_beat(waves, rng, cohort, labels, (qrs_ms, lv_ms, pr_ms, jt_ms))
+  _ectopic_beat(waves, rng, cohort, pvc_ms)
+  _place_plateaus(waves, np.stack([qrs_ms, pvc_ms], 1))
+  fwave_weight = af[:, None] * u(0.05, 0.15)[:, None] * (_fixed([.15, .55, 0]) + _chest(1, .6, .35, .2, .12, .08))
+  _calibrate(waves, fwave_weight, rng, labels, np.stack([qrs_ms, pvc_ms], 1))
+
+  beat_time, beat_kind, beat_gain = _sample_beats(rng, rr_s, (qrs_ms + jt_ms) / 1000, af,
+                                                  has("premature_ventricular_complexes"), duration_s)
+  qrs_end = beat_time + np.where(beat_kind == 1, pvc_ms[:, None], qrs_ms[:, None]) / 1000
+  visible = (beat_time >= 0) & (qrs_end < duration_s)  # whole complexes, as a machine counts
+  n_visible = visible.sum(1)
+  span = np.where(visible, beat_time, -np.inf).max(1) - np.where(visible, beat_time, np.inf).min(1)
+  measured = 60 * (n_visible - 1) / np.where(n_visible > 1, span, 1)
+  waves.weight = waves.weight.astype(np.float32)
+  return _Plan(
+      waves=waves, qrs_ms=np.stack([qrs_ms, pvc_ms], 1), beat_time=beat_time,
+      beat_kind=beat_kind, beat_gain=beat_gain,
+      fwave=np.stack([u(4.8, 7.5), u(0.2, 0.7), u(0.1, 0.5), u(0, 2 * np.pi), u(0, 2 * np.pi)], 1),
+      fwave_weight=fwave_weight, rate_bpm=np.rint(np.where(n_visible > 1, measured, rate)).astype(int),
+      pr_ms=np.rint(pr_ms).astype(int), pvc_count=(visible & (beat_kind == 1)).sum(1),
+      lvh_strain=strain,
+  )
+
+
+# ----------------------------------------------------------------------------- beats
 
 
 def _sample_beats(rng, rr_s, qt_s, af, pvc, duration_s):
@@ -516,9 +568,9 @@ def _render(plan: _Plan, sample_rate: int, num_samples: int, rng, noise: bool) -
   pre = int(np.ceil(_PRE_S * sample_rate))
   width = pre + int(np.ceil(_POST_S * sample_rate)) + 1
   tau = (np.arange(width) - pre) * 1000.0 / sample_rate
-  shape = _profile(tau, plan.center[..., None], plan.sigma[..., None], plan.fall[..., None],
-                   plan.flat[..., None]).astype(np.float32)
-  template = np.swapaxes(shape, 2, 3) @ plan.weight  # [n, kind, W, 12]
+  w = plan.waves
+  shape = _profile(tau, *(a[..., None] for a in (w.center, w.sigma, w.fall, w.flat))).astype(np.float32)
+  template = np.swapaxes(shape, 2, 3) @ w.weight  # [n, kind, W, 12]
 
   out = np.zeros((n, num_samples + 2 * width, NUM_LEADS), np.float32)
   rows = np.arange(n)[:, None]
@@ -529,7 +581,7 @@ def _render(plan: _Plan, sample_rate: int, num_samples: int, rng, noise: bool) -
   for j in np.flatnonzero(used.any(0)):
     out[rows, onset[:, j, None] + np.arange(width)] += (
         template[rows[:, 0], plan.beat_kind[:, j]] * gain[:, j, None, None])
-  ecg = out[:, width:width + num_samples]
+  ecg = np.ascontiguousarray(out[:, width:width + num_samples])
 
   t = np.arange(num_samples, dtype=np.float32) / sample_rate
   af = np.flatnonzero(plan.fwave_weight.any(1))
@@ -567,7 +619,7 @@ def _annotations(plan: _Plan, i: int, labels: np.ndarray, sample_rate: int, num_
   found = {name for name, on in zip(LABEL_NAMES, labels) if on}
   out = [Annotation(name, 0, num_samples, _LEADS_OF.get(name, every))
          for name in sorted(found & {*RHYTHM_LABELS})]
-  c, s = plan.center[i], plan.sigma[i]
+  c, s = plan.waves.center[i], plan.waves.sigma[i]
   for time, kind in zip(plan.beat_time[i], plan.beat_kind[i]):
     if np.isnan(time):
       continue
@@ -602,8 +654,8 @@ def _annotations(plan: _Plan, i: int, labels: np.ndarray, sample_rate: int, num_
 
 def _records(cohort: _Cohort, sample_rate: int, duration_s: float, seed: int,
              noise: bool) -> Iterator[Record]:
-  if sample_rate <= 0 or duration_s <= 0:
-    raise ValueError(f"Need a positive sample_rate and duration_s, got {sample_rate}, {duration_s}.")
+  if sample_rate < 50 or duration_s <= 0:
+    raise ValueError(f"Need sample_rate >= 50 Hz and duration_s > 0, got {sample_rate}, {duration_s}.")
   num_samples = int(round(sample_rate * duration_s))
   plan = _sample_plan(cohort, duration_s, seed)
   text_rng = np.random.default_rng([seed, 2])

