@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import sys
 from typing import Callable
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+# What a user can fix from the message alone: shown as one line, not a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError)
 
 
 def define_config_and_workdir(workdir_help: str):
@@ -17,14 +22,34 @@ def define_config_and_workdir(workdir_help: str):
   return config, workdir
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with an unknown `--config.key` override reported in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (KeyError, AttributeError) as e:  # raised by ml_collections for a missing key
+    hint = re.search(r'Did you mean "([^"]+)"', str(e.args[0] if e.args else ""))
+    keys = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    sys.exit(f"error: unknown config key among {', '.join(keys)}"
+             + (f" (did you mean {hint.group(1)!r}?)" if hint else ""))
+  except flags.Error as e:
+    sys.exit(f"error: {e}\nPass --help for usage.")
+
+
 def run(job: Callable[[], object]) -> None:
   """absl's app.run, with library INFO logs (Orbax, TFDS) hidden unless --verbosity is set,
-  so the console shows the job's own progress lines."""
+  so the console shows the job's own progress lines. A user error (bad config, missing
+  folder, unwritable workdir) ends with one line; --verbosity=1 shows its traceback."""
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not flags.FLAGS["verbosity"].present:
+    verbose = flags.FLAGS["verbosity"].present
+    if not verbose:
       logging.set_verbosity(logging.WARNING)
-    job()
+    try:
+      job()
+    except USER_ERRORS as e:
+      if verbose:
+        raise
+      sys.exit(f"error: {e}")
 
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -165,6 +165,11 @@ _STE_LEADS = {
     "st_elevation_anterior": {"V1": .12, "V2": .23, "V3": .23, "V4": .12},
     "st_elevation_lateral": {"I": .12, "aVL": .12, "V5": .12, "V6": .12},
 }
+_EXTENT_OF = {  # which part of each conducted beat shows a finding, for annotations
+    "first_degree_av_block": "pr", "left_bundle_branch_block": "qrs",
+    "right_bundle_branch_block": "qrs", "left_ventricular_hypertrophy": "qrs",
+    "low_qrs_voltage": "qrs", **{name: "st" for name in _STE_LEADS},
+}
 _LEADS_OF = {  # where each label shows, for annotations
     "atrial_fibrillation": ("II", "III", "aVF", "V1", "V2"),
     "left_bundle_branch_block": ("I", "aVL", "V1", "V2", "V5", "V6"),
@@ -248,12 +253,15 @@ def _sample_traits(rng: np.random.Generator, n: int, male: np.ndarray) -> dict[s
   """Per-patient build: voltage, axis, heart rotation, QTc, ectopic focus."""
   right_ventricular = rng.random(n) < 0.5  # outflow-tract vs left-ventricular ectopy
   focus = np.where(right_ventricular[:, None], [[.2, .85, -.45]], [[-.6, .3, .75]])
+  first = _unit(focus + rng.normal(0, 0.3, (n, 3)))
+  aside = _unit(np.cross(first, rng.normal(size=(n, 3))))
+  turn = rng.uniform(0.7, 1.6, (n, 1))  # the ectopic wavefront swings 40-90 degrees
   return dict(
       amplitude=np.exp(rng.normal(0, 0.15, n)) * np.where(male, 1.05, 0.92),
       axis_deg=np.clip(rng.normal(50, 20, n), -25, 88),
       rotation_deg=np.clip(rng.normal(0, 12, n), -25, 25),
       qtc_ms=np.clip(rng.normal(np.where(male, 400, 415), 12), 370, 450),
-      pvc_focus=_unit(focus[:, None] + rng.normal(0, 0.3, (n, 2, 3))),
+      pvc_focus=np.stack([first, first * np.cos(turn) + aside * np.sin(turn)], 1),
   )
 
 
@@ -293,7 +301,7 @@ class _Waves:
     """[n, 200, 12] the noise-free sum of `waves` at 1 ms steps from QRS onset to `until_ms`."""
     t = np.arange(0.0, 200.0)
     shape = _profile(t, *(a[:, kind, waves, None] for a in (self.center, self.sigma, self.fall, self.flat)))
-    out = np.einsum("ncg,ncl->ngl", shape, self.weight[:, kind, waves])
+    out = np.swapaxes(shape, 1, 2) @ self.weight[:, kind, waves]
     return out * (t < np.asarray(until_ms)[:, None])[..., None]
 
 
@@ -368,11 +376,12 @@ def _conducted_beat(w: _Waves, rng, cohort: _Cohort, labels, intervals) -> np.nd
 def _ectopic_beat(w: _Waves, rng, cohort: _Cohort, pvc_ms) -> None:
   """Fills beat kind 1: wide and bizarre from the patient's focus, no P, ST-T opposite."""
   n = len(pvc_ms)
-  w.center[:, 1, _R1], w.sigma[:, 1, _R1] = 0.37 * pvc_ms, 0.15 * pvc_ms
-  w.center[:, 1, _R2], w.sigma[:, 1, _R2] = 0.63 * pvc_ms, 0.15 * pvc_ms
-  w.weight[:, 1, _R1] = _fixed(cohort.pvc_focus[:, 0])
-  w.weight[:, 1, _R2] = _fixed(cohort.pvc_focus[:, 1])
-  main = _unit(cohort.pvc_focus.sum(1))
+  waves = [_Q, _R1, _R2, _S]
+  w.center[:, 1, waves] = [.18, .40, .64, .86] * pvc_ms[:, None]
+  w.sigma[:, 1, waves] = [.08, .12, .12, .06] * pvc_ms[:, None]
+  first, second = cohort.pvc_focus[:, 0], cohort.pvc_focus[:, 1]
+  w.weight[:, 1, waves] = _fixed(np.stack([0.3 * first, first, second, -0.3 * second], 1))
+  main = _unit(first + second)
   w.center[:, 1, _T], w.sigma[:, 1, _T] = pvc_ms + rng.uniform(130, 170, n), 45
   w.weight[:, 1, _T] = _fixed(-main * rng.uniform(0.35, 0.55, (n, 1)))
   w.weight[:, 1, _ST] = _fixed(-0.15 * main)
@@ -399,7 +408,7 @@ def _calibrate(w: _Waves, fwave_weight, rng, labels, qrs_ms) -> None:
     the whole record is damped, as by an effusion. LVH: Sokolow-Lyon S(V1) + max R(V5, V6)
     > 3.5 mV. Everyone else stays clear of both, with margin for beat-to-beat variation.
   - ST elevation: the injury current reaches `_STE_LEADS` minima on top of secondary changes.
-  - PVCs: 1.2-1.8 times the size of the patient's own conducted complexes.
+  - PVCs: 1.1-1.6 times the size of the patient's own conducted complexes.
   """
   has = lambda name: labels[:, _L[name]]
   v1, v5, v6 = (LEAD_INDEX[k] for k in ("V1", "V5", "V6"))
@@ -425,7 +434,7 @@ def _calibrate(w: _Waves, fwave_weight, rng, labels, qrs_ms) -> None:
 
   w.weight[:, 0, _ST] += _injury(rng, labels, w.weight[:, 0, _ST])
   size = lambda kind: np.linalg.norm(w.trace(kind, slice(_Q, _ST + 1), qrs_ms[:, kind]), axis=2).max(1)
-  w.weight[:, 1] *= (rng.uniform(1.2, 1.8, n) * size(0) / size(1))[:, None, None]
+  w.weight[:, 1] *= (rng.uniform(1.1, 1.6, n) * size(0) / size(1))[:, None, None]
 
 
 def _injury(rng: np.random.Generator, labels: np.ndarray, secondary: np.ndarray) -> np.ndarray:
@@ -616,36 +625,31 @@ def _electrode_noise(rng, n: int, t: np.ndarray, sample_rate: int) -> np.ndarray
 def _annotations(plan: _Plan, i: int, labels: np.ndarray, sample_rate: int, num_samples: int):
   """Fiducials of every beat and the extent of every finding of record `i`."""
   every = tuple(LEAD_NAMES)
-  found = {name for name, on in zip(LABEL_NAMES, labels) if on}
+  found = [name for name, on in zip(LABEL_NAMES, labels) if on]
   out = [Annotation(name, 0, num_samples, _LEADS_OF.get(name, every))
-         for name in sorted(found & {*RHYTHM_LABELS})]
-  c, s = plan.waves.center[i], plan.waves.sigma[i]
-  for time, kind in zip(plan.beat_time[i], plan.beat_kind[i]):
-    if np.isnan(time):
-      continue
-    span = lambda lo_ms, hi_ms: (int(np.rint(time * sample_rate + lo_ms * sample_rate / 1000)),
-                                 int(np.rint(time * sample_rate + hi_ms * sample_rate / 1000)))
-    qrs = span(0, plan.qrs_ms[i, kind])
-    waves = [("qrs", qrs, every), ("t_wave", span(c[kind, _T] - 2.45 * s[kind, _T],
-                                                c[kind, _T] + 2.45 * s[kind, _T]), every)]
-    if kind == 1:
-      waves.append(("premature_ventricular_complexes", qrs, every))
-    else:
-      if "atrial_fibrillation" not in found:
-        waves.append(("p_wave", span(c[0, _P_RA] - 2.45 * s[0, _P_RA], c[0, _P_LA] + 2.45 * s[0, _P_LA]), every))
-      if "first_degree_av_block" in found:
-        waves.append(("first_degree_av_block", span(c[0, _P_RA] - 2.45 * s[0, _P_RA], 0), every))
-      for name in ("left_bundle_branch_block", "right_bundle_branch_block",
-                   "left_ventricular_hypertrophy", "low_qrs_voltage"):
-        if name in found:
-          waves.append((name, qrs, _LEADS_OF.get(name, every)))
-      for name in _STE_LEADS:
-        if name in found:
-          waves.append((name, span(plan.qrs_ms[i, 0], c[0, _T]), _LEADS_OF[name]))
-    for name, (lo, hi), leads in waves:
-      lo, hi = max(lo, 0), min(hi, num_samples)
-      if lo < hi:
-        out.append(Annotation(name, lo, hi, leads))
+         for name in found if name in RHYTHM_LABELS]
+  used = ~np.isnan(plan.beat_time[i])
+  onset, kind = plan.beat_time[i][used] * 1000, plan.beat_kind[i][used]
+  c, s = plan.waves.center[i][kind], plan.waves.sigma[i][kind]  # [beats, waves]
+  p_onset = c[:, _P_RA] - 2.45 * s[:, _P_RA]
+  extents = {  # (start, end) in ms after each QRS onset
+      "qrs": (0, plan.qrs_ms[i][kind]),
+      "t_wave": (c[:, _T] - 2.45 * s[:, _T], c[:, _T] + 2.45 * s[:, _T]),
+      "p_wave": (p_onset, c[:, _P_LA] + 2.45 * s[:, _P_LA]),
+      "pr": (p_onset, 0),
+      "st": (plan.qrs_ms[i][kind], c[:, _T]),
+  }
+  to_sample = lambda ms: np.clip(np.rint((onset + ms) * sample_rate / 1000), 0, num_samples).astype(int)
+  conducted, ectopic = kind == 0, kind == 1
+  wanted = [("qrs", "qrs", used[used]), ("t_wave", "t_wave", used[used]),
+            ("premature_ventricular_complexes", "qrs", ectopic)]
+  if "atrial_fibrillation" not in found:
+    wanted.append(("p_wave", "p_wave", conducted))
+  wanted += [(name, _EXTENT_OF[name], conducted) for name in found if name in _EXTENT_OF]
+  for name, extent, beats in wanted:
+    lo, hi = (to_sample(ms) for ms in extents[extent])
+    out += [Annotation(name, int(a), int(b), _LEADS_OF.get(name, every))
+            for a, b in zip(lo[beats], hi[beats]) if a < b]
   return tuple(sorted(out, key=lambda a: (a.start, a.name)))
 
 
