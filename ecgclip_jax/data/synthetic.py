@@ -93,7 +93,8 @@ def label_violations(labels: np.ndarray) -> list[str]:
       (has("left_bundle_branch_block") and any(has(n) for n in LABEL_NAMES if "st_elev" in n),
        "ST elevation is not called in LBBB"),
       (has("low_qrs_voltage") and has("left_ventricular_hypertrophy"), "low voltage and LVH"),
-      (has("st_elevation_inferior") and (has("st_elevation_anterior") or has("st_elevation_lateral")),
+      (has("st_elevation_inferior")
+       and (has("st_elevation_anterior") or has("st_elevation_lateral")),
        "inferior ST elevation only alone"),
   ]
   return [why for broken, why in rules if broken]
@@ -300,7 +301,8 @@ class _Waves:
   def trace(self, kind: int, waves: slice, until_ms) -> np.ndarray:
     """[n, 200, 12] the noise-free sum of `waves` at 1 ms steps from QRS onset to `until_ms`."""
     t = np.arange(0.0, 200.0)
-    shape = _profile(t, *(a[:, kind, waves, None] for a in (self.center, self.sigma, self.fall, self.flat)))
+    edges = (self.center, self.sigma, self.fall, self.flat)
+    shape = _profile(t, *(a[:, kind, waves, None] for a in edges))
     out = np.swapaxes(shape, 1, 2) @ self.weight[:, kind, waves]
     return out * (t < np.asarray(until_ms)[:, None])[..., None]
 
@@ -335,13 +337,14 @@ def _conducted_beat(w: _Waves, rng, cohort: _Cohort, labels, intervals) -> np.nd
   n = len(labels)
   u = lambda lo, hi: rng.uniform(lo, hi, n)
   has = lambda name: labels[:, _L[name]]
-  af, lbbb, rbbb, lvh = (has(k) for k in ("atrial_fibrillation", "left_bundle_branch_block",
-                                          "right_bundle_branch_block", "left_ventricular_hypertrophy"))
+  af, lbbb, rbbb, lvh = (has(k) for k in (
+      "atrial_fibrillation", "left_bundle_branch_block", "right_bundle_branch_block",
+      "left_ventricular_hypertrophy"))
   qrs_ms, lv_ms, pr_ms, jt_ms = intervals
   conduction = np.select([lbbb, rbbb], [_LBBB, _RBBB], _NORMAL)
   gain = cohort.amplitude
   axis = cohort.axis_deg + rng.normal(0, 3, n)
-  axis = np.where(lbbb, _CANONICAL_AXIS_DEG + 0.5 * (axis - _CANONICAL_AXIS_DEG), axis)  # LBBB: -20..35
+  axis = np.where(lbbb, _CANONICAL_AXIS_DEG + 0.5 * (axis - _CANONICAL_AXIS_DEG), axis)  # -20..35
   rot = _rotation(axis, cohort.rotation_deg)
   project = lambda v: np.einsum("nij,n...j,il->n...l", rot, v, _VECTOR_TO_LEADS)
 
@@ -356,7 +359,8 @@ def _conducted_beat(w: _Waves, rng, cohort: _Cohort, labels, intervals) -> np.nd
   timing = _QRS_TIMING[conduction]
   w.center[:, 0, _Q:_S + 1] = timing[..., 0] * lv_ms[:, None]
   w.sigma[:, 0, _Q:_S + 1] = timing[..., 1] * lv_ms[:, None]
-  w.weight[:, 0, _Q:_S + 1] = project(_QRS_VECTORS[conduction] * (gain * u(0.85, 1.25))[:, None, None])
+  qrs_gain = gain * u(0.85, 1.25)
+  w.weight[:, 0, _Q:_S + 1] = project(_QRS_VECTORS[conduction] * qrs_gain[:, None, None])
   w.weight[:, 0, _R2] += project(_LVH_FORCES * (lvh * gain * u(1.8, 2.8))[:, None])
   w.sigma[:, 0, _X] = 0.1 * qrs_ms
   w.center[:, 0, _X] = qrs_ms - 2.45 * w.sigma[:, 0, _X]
@@ -366,7 +370,8 @@ def _conducted_beat(w: _Waves, rng, cohort: _Cohort, labels, intervals) -> np.nd
   t_dir = np.where(strain[:, None], -_LV_MAIN, _T_DIRECTION[conduction])
   w.sigma[:, 0, _T] = 0.09 * (jt_ms + 95)
   w.center[:, 0, _T] = qrs_ms + jt_ms - 2.45 * w.sigma[:, 0, _T]
-  w.weight[:, 0, _T] = project(t_dir * (gain * u(0.25, 0.5) * np.select([lbbb, strain], [1.2, 2], 1))[:, None])
+  t_amp = gain * u(0.25, 0.5) * np.select([lbbb, strain], [1.2, 2], 1)
+  w.weight[:, 0, _T] = project(t_dir * t_amp[:, None])
   w.weight[:, 0, _ST] = (project(-0.12 * _LBBB_MAIN * (lbbb * gain)[:, None])
                          + project(-0.05 * _LV_MAIN * strain[:, None])
                          + strain[:, None] * _chest(.04, .05, 0, -.05, -.08, -.08))
@@ -420,7 +425,8 @@ def _calibrate(w: _Waves, fwave_weight, rng, labels, qrs_ms) -> None:
   qrs = w.trace(0, slice(_Q, _ST + 1), qrs_ms[:, 0])
   p2p = qrs.max(1) - qrs.min(1)
   limb, chest = p2p[:, :6].max(1), p2p[:, 6:].max(1)
-  sokolow = -np.minimum(qrs[:, :, v1].min(1), 0) + np.maximum(qrs[:, :, v5].max(1), qrs[:, :, v6].max(1))
+  sokolow = (-np.minimum(qrs[:, :, v1].min(1), 0)
+             + np.maximum(qrs[:, :, v5].max(1), qrs[:, :, v6].max(1)))
   low = has("low_qrs_voltage")
   scale = np.select(
       [has("left_ventricular_hypertrophy"), low],
@@ -433,7 +439,7 @@ def _calibrate(w: _Waves, fwave_weight, rng, labels, qrs_ms) -> None:
   fwave_weight *= damp[:, None]
 
   w.weight[:, 0, _ST] += _injury(rng, labels, w.weight[:, 0, _ST])
-  size = lambda kind: np.linalg.norm(w.trace(kind, slice(_Q, _ST + 1), qrs_ms[:, kind]), axis=2).max(1)
+  size = lambda k: np.linalg.norm(w.trace(k, slice(_Q, _ST + 1), qrs_ms[:, k]), axis=2).max(1)
   w.weight[:, 1] *= (rng.uniform(1.1, 1.6, n) * size(0) / size(1))[:, None, None]
 
 
@@ -447,9 +453,12 @@ def _injury(rng: np.random.Generator, labels: np.ndarray, secondary: np.ndarray)
       [np.cos(np.deg2rad(deg)), np.sin(np.deg2rad(deg)), 0 * deg], 1)) * limb_only
   zero = np.zeros(n)
   shapes = {
-      "st_elevation_inferior": frontal(u(95, 110), u(.12, .35)) + _chest(-u(0, .08), -u(0, .08), 0, 0, 0, 0),
-      "st_elevation_anterior": _chest(u(.1, .22), u(.22, .45), u(.22, .45), u(.12, .3), u(0, .08), zero),
-      "st_elevation_lateral": frontal(u(-40, -20), u(.12, .3)) + _chest(0, 0, 0, u(0, .06), u(.12, .28), u(.12, .28)),
+      "st_elevation_inferior": (frontal(u(95, 110), u(.12, .35))
+                                + _chest(-u(0, .08), -u(0, .08), 0, 0, 0, 0)),
+      "st_elevation_anterior": _chest(u(.1, .22), u(.22, .45), u(.22, .45), u(.12, .3),
+                                      u(0, .08), zero),
+      "st_elevation_lateral": (frontal(u(-40, -20), u(.12, .3))
+                               + _chest(0, 0, 0, u(0, .06), u(.12, .28), u(.12, .28))),
   }
   total = np.zeros((n, NUM_LEADS))
   for name, shift in shapes.items():
@@ -481,7 +490,8 @@ class _Plan:
 
   def take(self, sl: slice) -> _Plan:
     part = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-    part["waves"] = _Waves(**{f.name: getattr(self.waves, f.name)[sl] for f in dataclasses.fields(_Waves)})
+    part["waves"] = _Waves(**{f.name: getattr(self.waves, f.name)[sl]
+                              for f in dataclasses.fields(_Waves)})
     return _Plan(**{k: v if k == "waves" else v[sl] for k, v in part.items()})
 
 
@@ -492,7 +502,8 @@ def _sample_plan(cohort: _Cohort, duration_s: float, seed: int) -> _Plan:
   n = len(labels)
   has = lambda name: labels[:, _L[name]]
   u = lambda lo, hi: rng.uniform(lo, hi, n)
-  af, bbb = has("atrial_fibrillation"), has("left_bundle_branch_block") | has("right_bundle_branch_block")
+  af = has("atrial_fibrillation")
+  bbb = has("left_bundle_branch_block") | has("right_bundle_branch_block")
 
   af_rate = np.choose(rng.choice(3, n, p=[0.1, 0.5, 0.4]), [u(48, 58), u(62, 98), u(104, 150)])
   rate = np.select([has("sinus_bradycardia"), has("sinus_tachycardia"), af],
@@ -510,11 +521,12 @@ def _sample_plan(cohort: _Cohort, duration_s: float, seed: int) -> _Plan:
   strain = _conducted_beat(waves, rng, cohort, labels, (qrs_ms, lv_ms, pr_ms, jt_ms))
   _ectopic_beat(waves, rng, cohort, pvc_ms)
   _place_plateaus(waves, np.stack([qrs_ms, pvc_ms], 1))
-  fwave_weight = af[:, None] * u(0.05, 0.15)[:, None] * (_fixed([.15, .55, 0]) + _chest(1, .6, .35, .2, .12, .08))
+  fwave_weight = (af * u(0.05, 0.15))[:, None] * (  # biggest in V1, then the inferior leads
+      _fixed([.15, .55, 0]) + _chest(1, .6, .35, .2, .12, .08))
   _calibrate(waves, fwave_weight, rng, labels, np.stack([qrs_ms, pvc_ms], 1))
 
-  beat_time, beat_kind, beat_gain = _sample_beats(rng, rr_s, (qrs_ms + jt_ms) / 1000, af,
-                                                  has("premature_ventricular_complexes"), duration_s)
+  beat_time, beat_kind, beat_gain = _sample_beats(
+      rng, rr_s, (qrs_ms + jt_ms) / 1000, af, has("premature_ventricular_complexes"), duration_s)
   qrs_end = beat_time + np.where(beat_kind == 1, pvc_ms[:, None], qrs_ms[:, None]) / 1000
   visible = (beat_time >= 0) & (qrs_end < duration_s)  # whole complexes, as a machine counts
   n_visible = visible.sum(1)
@@ -525,7 +537,8 @@ def _sample_plan(cohort: _Cohort, duration_s: float, seed: int) -> _Plan:
       waves=waves, qrs_ms=np.stack([qrs_ms, pvc_ms], 1), beat_time=beat_time,
       beat_kind=beat_kind, beat_gain=beat_gain,
       fwave=np.stack([u(4.8, 7.5), u(0.2, 0.7), u(0.1, 0.5), u(0, 2 * np.pi), u(0, 2 * np.pi)], 1),
-      fwave_weight=fwave_weight, rate_bpm=np.rint(np.where(n_visible > 1, measured, rate)).astype(int),
+      fwave_weight=fwave_weight,
+      rate_bpm=np.rint(np.where(n_visible > 1, measured, rate)).astype(int),
       pr_ms=np.rint(pr_ms).astype(int), pvc_count=(visible & (beat_kind == 1)).sum(1),
       lvh_strain=strain,
   )
@@ -543,7 +556,8 @@ def _sample_beats(rng, rr_s, qt_s, af, pvc, duration_s):
   sinus = rr_s[:, None] * (1 + rng.uniform(0.01, 0.04, (n, 1)) * np.sin(
       2 * np.pi * resp_hz * k * rr_s[:, None] + resp_phase) + 0.008 * rng.normal(size=(n, slots)))
   spread = rng.uniform(0.16, 0.3, (n, 1))  # AF: irregularly irregular, refractory floor
-  fib = np.maximum(rr_s[:, None] * np.exp(spread * rng.normal(size=(n, slots)) - spread ** 2 / 2), 0.28)
+  lognormal = np.exp(spread * rng.normal(size=(n, slots)) - spread ** 2 / 2)
+  fib = np.maximum(rr_s[:, None] * lognormal, 0.28)
   rr = np.where(af[:, None], fib, sinus)
   t = -_POST_S - rng.uniform(0, 1, (n, 1)) * rr_s[:, None] + np.cumsum(rr, 1) - rr[:, :1]
 
@@ -578,7 +592,8 @@ def _render(plan: _Plan, sample_rate: int, num_samples: int, rng, noise: bool) -
   width = pre + int(np.ceil(_POST_S * sample_rate)) + 1
   tau = (np.arange(width) - pre) * 1000.0 / sample_rate
   w = plan.waves
-  shape = _profile(tau, *(a[..., None] for a in (w.center, w.sigma, w.fall, w.flat))).astype(np.float32)
+  edges = (w.center, w.sigma, w.fall, w.flat)
+  shape = _profile(tau, *(a[..., None] for a in edges)).astype(np.float32)
   template = np.swapaxes(shape, 2, 3) @ w.weight  # [n, kind, W, 12]
 
   out = np.zeros((n, num_samples + 2 * width, NUM_LEADS), np.float32)
@@ -594,7 +609,7 @@ def _render(plan: _Plan, sample_rate: int, num_samples: int, rng, noise: bool) -
 
   t = np.arange(num_samples, dtype=np.float32) / sample_rate
   af = np.flatnonzero(plan.fwave_weight.any(1))
-  f0, depth, mod_hz, phase, am_phase = (plan.fwave[af, i, None].astype(np.float32) for i in range(5))
+  f0, depth, mod_hz, phase, am_phase = plan.fwave[af, :, None].astype(np.float32).swapaxes(0, 1)
   fib = (1 + 0.3 * np.sin(2 * np.pi * 0.2 * t + am_phase)) * np.sin(
       2 * np.pi * f0 * t - depth / mod_hz * np.cos(2 * np.pi * mod_hz * t + phase))
   ecg[af] += fib[:, :, None] * plan.fwave_weight[af, None, :].astype(np.float32)
@@ -615,9 +630,11 @@ def _electrode_noise(rng, n: int, t: np.ndarray, sample_rate: int) -> np.ndarray
   hum *= mains < 0.45 * sample_rate  # an anti-aliased recorder removes what it cannot sample
   hum_level = np.exp(rng.normal(np.log(0.01), 0.6, (n, 1, 1))).astype(np.float32)
   e += hum[:, :, None] * (hum_level * normal((n, 1, 9)))
-  sos = signal.butter(2, [20, min(150, 0.45 * sample_rate)], "bandpass", fs=sample_rate, output="sos")
+  sos = signal.butter(2, [20, min(150, 0.45 * sample_rate)], "bandpass", fs=sample_rate,
+                      output="sos")
   emg = signal.sosfilt(sos.astype(np.float32), normal((n, t.size, 9)), axis=1)
-  burst = 0.5 + 2 * np.clip(np.sin(2 * np.pi * u(0.05, 0.3, (n, 1)) * t + u(0, 2 * np.pi, (n, 1))), 0, 1) ** 4
+  swell = np.sin(2 * np.pi * u(0.05, 0.3, (n, 1)) * t + u(0, 2 * np.pi, (n, 1)))
+  burst = 0.5 + 2 * np.clip(swell, 0, 1) ** 4
   emg_level = np.exp(rng.normal(np.log(0.012), 0.6, (n, 1, 1))) * np.r_[np.ones(3), np.full(6, 0.6)]
   return e + emg * burst[:, :, None] * emg_level.astype(np.float32)
 
@@ -639,7 +656,8 @@ def _annotations(plan: _Plan, i: int, labels: np.ndarray, sample_rate: int, num_
       "pr": (p_onset, 0),
       "st": (plan.qrs_ms[i][kind], c[:, _T]),
   }
-  to_sample = lambda ms: np.clip(np.rint((onset + ms) * sample_rate / 1000), 0, num_samples).astype(int)
+  to_sample = lambda ms: np.clip(np.rint((onset + ms) * sample_rate / 1000),
+                                 0, num_samples).astype(int)
   conducted, ectopic = kind == 0, kind == 1
   wanted = [("qrs", "qrs", used[used]), ("t_wave", "t_wave", used[used]),
             ("premature_ventricular_complexes", "qrs", ectopic)]
@@ -659,7 +677,8 @@ def _annotations(plan: _Plan, i: int, labels: np.ndarray, sample_rate: int, num_
 def _records(cohort: _Cohort, sample_rate: int, duration_s: float, seed: int,
              noise: bool) -> Iterator[Record]:
   if sample_rate < 50 or duration_s <= 0:
-    raise ValueError(f"Need sample_rate >= 50 Hz and duration_s > 0, got {sample_rate}, {duration_s}.")
+    raise ValueError(
+        f"Need sample_rate >= 50 Hz and duration_s > 0, got {sample_rate}, {duration_s}.")
   num_samples = int(round(sample_rate * duration_s))
   plan = _sample_plan(cohort, duration_s, seed)
   text_rng = np.random.default_rng([seed, 2])
@@ -670,7 +689,8 @@ def _records(cohort: _Cohort, sample_rate: int, duration_s: float, seed: int,
     prior_findings = None if prior < 0 else frozenset(
         name for name, on in zip(LABEL_NAMES, cohort.labels[prior]) if on)
     facts = synthetic_reports.Facts(int(plan.rate_bpm[i]), int(plan.pr_ms[i]),
-                                    int(plan.pvc_count[i]), bool(plan.lvh_strain[i]), prior_findings)
+                                    int(plan.pvc_count[i]), bool(plan.lvh_strain[i]),
+                                    prior_findings)
     reports.append(synthetic_reports.make_report(findings, facts, text_rng))
   for start in range(0, len(reports), _CHUNK):
     part = plan.take(slice(start, start + _CHUNK))
@@ -705,7 +725,8 @@ def synthesize(labels: np.ndarray, sample_rate: int, duration_s: float = 10.0, s
     raise ValueError(f"labels must be [n, {NUM_LABELS}], got {labels.shape}.")
   for row in labels:
     if broken := label_violations(row):
-      raise ValueError(f"Implausible labels {[LABEL_NAMES[k] for k in np.flatnonzero(row)]}: {broken}.")
+      names = [LABEL_NAMES[k] for k in np.flatnonzero(row)]
+      raise ValueError(f"Implausible labels {names}: {broken}.")
   return list(_records(_cohort_for_labels(labels, seed), sample_rate, duration_s, seed, noise))
 
 

@@ -58,7 +58,8 @@ _AVB = ("1st degree A-V block", "First degree AV block", "1st deg AVB", "Prolong
         "First-degree atrioventricular block", "1st degree AV block (PR {pr} ms)")
 _AVB_MERGED = ("with 1st degree A-V block", "with first degree AV block", "with prolonged PR")
 _PVC_FEW = ("PVC(s)", "Occasional PVCs", "Premature ventricular complexes",
-            "Ventricular premature complex(es)", "VPCs", "Occasional premature ventricular contractions")
+            "Ventricular premature complex(es)", "VPCs",
+            "Occasional premature ventricular contractions")
 _PVC_MANY = ("Frequent PVCs", "Frequent premature ventricular complexes", "Frequent VPCs",
              "Multiple premature ventricular contractions")
 _PVC_MERGED = ("with PVCs", "with occasional PVCs", "with premature ventricular complexes",
@@ -68,8 +69,10 @@ _LBBB = ("Left bundle branch block", "LBBB", "Complete left bundle branch block"
 _RBBB = ("Right bundle branch block", "RBBB", "Complete right bundle branch block",
          "Right bundle-branch block", "Complete RBBB")
 _LVH = ("Left ventricular hypertrophy", "LVH", "LVH by voltage criteria",
-        "Voltage criteria for left ventricular hypertrophy", "Left ventricular hypertrophy by voltage")
-_LVH_STRAIN = ("LVH with repolarization abnormality", "LVH with secondary repolarization abnormality",
+        "Voltage criteria for left ventricular hypertrophy",
+        "Left ventricular hypertrophy by voltage")
+_LVH_STRAIN = ("LVH with repolarization abnormality",
+               "LVH with secondary repolarization abnormality",
                "Left ventricular hypertrophy with strain", "LVH with strain pattern")
 _LOW = ("Low QRS voltages", "Low voltage QRS", "Generalized low QRS voltage",
         "Low QRS voltage in limb and precordial leads", "Diffuse low voltage",
@@ -108,7 +111,8 @@ def make_report(findings: frozenset[str], facts: Facts, rng: np.random.Generator
                 _AF_SLOW if facts.rate_bpm < 60 else _AF_CONTROLLED)
     rhythm = pick(_AF) + pick(response)
   elif "sinus_bradycardia" in findings:
-    rhythm = "Marked sinus bradycardia" if facts.rate_bpm < 50 and rng.random() < 0.5 else pick(_BRADY)
+    marked = facts.rate_bpm < 50 and rng.random() < 0.5
+    rhythm = "Marked sinus bradycardia" if marked else pick(_BRADY)
   elif "sinus_tachycardia" in findings:
     rhythm = pick(_TACHY)
   else:
@@ -118,7 +122,8 @@ def make_report(findings: frozenset[str], facts: Facts, rng: np.random.Generator
   if not any(mark in rhythm for mark in (",", "(", " with ")):
     for finding, merged in (("first_degree_av_block", _AVB_MERGED),
                             ("premature_ventricular_complexes", _PVC_MERGED)):
-      if finding in rest and not (finding.startswith("premature") and many_pvcs) and rng.random() < 0.4:
+      frequent = finding.startswith("premature") and many_pvcs  # said on its own
+      if finding in rest and not frequent and rng.random() < 0.4:
         rhythm += " " + pick(merged)
         rest.discard(finding)
         break

@@ -39,7 +39,8 @@ def r_peaks(ecg, fs):
   threshold = 0.3 * np.median(np.sort(h)[-max(1, int(len(ecg) / fs / 2)):])  # QRSs at >= 40 bpm
   peaks = []
   for p, height in zip(candidates, h):
-    if height > threshold and (not peaks or p - peaks[-1] > 0.36 * fs or height > 0.5 * energy[peaks[-1]]):
+    t_wave_like = peaks and p - peaks[-1] < 0.36 * fs and height < 0.5 * energy[peaks[-1]]
+    if height > threshold and not t_wave_like:
       peaks.append(p)
   if len(peaks) > 2 and energy[peaks[0]] < 0.5 * np.median(energy[peaks[1:]]):
     peaks.pop(0)  # the T wave of a beat before the record began
@@ -77,7 +78,8 @@ def inner_beats(ecg, fs):
 
 
 def qrs_ms(ecg, fs):
-  return np.median([np.subtract(*qrs_bounds(ecg, fs, r)[::-1]) for r in inner_beats(ecg, fs)]) / fs * 1e3
+  widths = [np.subtract(*qrs_bounds(ecg, fs, r)[::-1]) for r in inner_beats(ecg, fs)]
+  return np.median(widths) / fs * 1e3
 
 
 def pr_ms(ecg, fs):
@@ -106,7 +108,8 @@ def _per_beat(ecg, fs, fn):
 
 def qrs_extremes(ecg, fs):
   """[2, 12] median per-lead QRS maximum and minimum, from the PR-segment baseline."""
-  return _per_beat(ecg, fs, lambda x, on, off: np.stack([x[on:off + 1].max(0), x[on:off + 1].min(0)]))
+  return _per_beat(ecg, fs, lambda x, on, off: np.stack([x[on:off + 1].max(0),
+                                                         x[on:off + 1].min(0)]))
 
 
 def st_levels(ecg, fs):
@@ -137,7 +140,8 @@ def clean_all():
 def clean(clean_all):
   """Noise-free, without AF (f-waves move every baseline) and without PVCs (medians over the
   few beats of a short record would mix in ectopic ones); both have tests of their own."""
-  return [r for r in clean_all if not has(r, "atrial_fibrillation", "premature_ventricular_complexes")]
+  return [r for r in clean_all
+          if not has(r, "atrial_fibrillation", "premature_ventricular_complexes")]
 
 
 def has(record, *names):
@@ -158,7 +162,8 @@ def test_records_follow_the_data_contract(noisy):
   assert r.ecg.shape == (10 * NOISY_FS, 12) and r.ecg.dtype == np.float32
   assert r.labels.shape == (13,) and r.labels.dtype == bool
   assert r.ecg_uv.dtype == np.int16
-  np.testing.assert_array_equal(r.ecg_uv, np.clip(np.rint(r.ecg.astype(np.float64) * 1000), -32768, 32767))
+  microvolts = np.rint(r.ecg.astype(np.float64) * 1000)
+  np.testing.assert_array_equal(r.ecg_uv, np.clip(microvolts, -32768, 32767))
   assert len({x.record_id for x in noisy}) == len(noisy)
   per_patient = np.unique([x.patient_id for x in noisy], return_counts=True)[1]
   assert len(per_patient) == 120 and per_patient.min() >= 1 and per_patient.max() <= 4
@@ -185,15 +190,14 @@ def test_limb_leads_obey_einthoven_and_goldberger(noisy):
 
 
 def test_labels_are_clinically_plausible(cohort):
-  records = cohort
-  labels = np.stack([r.labels for r in records])
+  labels = np.stack([r.labels for r in cohort])
   assert all(not synthetic.label_violations(row) for row in labels)
   assert (labels[:, :4].sum(1) == 1).all()
   normal = labels[:, L["normal_sinus_rhythm"]] & (labels.sum(1) == 1)
   assert 0.3 <= normal.mean() <= 0.45
   assert (labels.mean(0) > 0.01).all()  # every finding is represented
   # Chronic findings persist from one record of a patient to the next.
-  same_patient = np.array([a.patient_id == b.patient_id for a, b in zip(records, records[1:])])
+  same_patient = np.array([a.patient_id == b.patient_id for a, b in zip(cohort, cohort[1:])])
   for name in ("left_bundle_branch_block", "left_ventricular_hypertrophy"):
     before, after = labels[:-1, L[name]] & same_patient, labels[1:, L[name]]
     assert after[before].mean() > 0.7
@@ -223,26 +227,31 @@ def test_measured_rate_matches_the_rhythm(noisy, clean, name, low, high):
 
 def test_af_is_irregularly_irregular_and_sinus_is_not(noisy):
   no_pvc = [r for r in noisy if not has(r, "premature_ventricular_complexes")]
-  af = np.array([rr_irregularity(r.ecg, NOISY_FS) for r in no_pvc if has(r, "atrial_fibrillation")])
-  sinus = np.array([rr_irregularity(r.ecg, NOISY_FS) for r in no_pvc if not has(r, "atrial_fibrillation")])
+  measure = lambda fibrillating: np.array([rr_irregularity(r.ecg, NOISY_FS) for r in no_pvc
+                                           if has(r, "atrial_fibrillation") == fibrillating])
+  af, sinus = measure(True), measure(False)
   assert len(af) >= 5 and np.mean(af > 0.08) >= 0.95
   assert np.mean(sinus < 0.06) >= 0.95
 
 
 def test_af_has_fibrillatory_waves_instead_of_p_waves():
-  """Averaged over beats, sinus P waves survive (they are locked to the QRS) and AF's f-waves
-  do not; with the average QRS-T subtracted from every beat, AF's V1 oscillates at 4-9 Hz."""
-  fs, records = CLEAN_FS, clean_of([("atrial_fibrillation",)] * 8 + [("normal_sinus_rhythm",)] * 6, duration_s=10)
-  before, lead_in, lead_out = np.arange(-int(0.35 * fs), -int(0.15 * fs)), int(0.1 * fs), int(0.45 * fs)
+  """Before each QRS, lead II repeats beat after beat in sinus rhythm (P waves are locked to
+  the QRS) and not in AF; with the average QRS-T taken out, AF's V1 oscillates at 4-9 Hz."""
+  fs = CLEAN_FS
+  records = clean_of([("atrial_fibrillation",)] * 8 + [("normal_sinus_rhythm",)] * 6, duration_s=10)
+  before = np.arange(-int(0.25 * fs), -int(0.1 * fs))  # the P wave, clear of the last T
+  lead_in, lead_out = int(0.1 * fs), int(0.45 * fs)
   slow = 0
   for r in records:
     peaks = inner_beats(r.ecg, fs)
-    ii = np.stack([r.ecg[p + before, LEAD_INDEX["II"]] for p in peaks])
-    locked = np.ptp(ii.mean(0)) / np.mean(np.ptp(ii, axis=1))
+    ii = np.stack([r.ecg[p + before, LEAD_INDEX["II"]] for p in peaks]).astype(np.float64)
+    ii -= ii.mean(1, keepdims=True)
+    ii /= np.linalg.norm(ii, axis=1, keepdims=True)
+    locked = (np.sum(ii @ ii.T) - len(ii)) / (len(ii) * (len(ii) - 1))  # mean correlation
     if not has(r, "atrial_fibrillation"):
-      assert locked > 0.95
+      assert locked > 0.9
       continue
-    assert locked < 0.9
+    assert locked < 0.75
     if heart_rate(r.ecg, fs) > 120:  # faster, the QRS-T residue outweighs the f-waves
       continue
     slow += 1
@@ -252,14 +261,16 @@ def test_af_has_fibrillatory_waves_instead_of_p_waves():
     for p, following in zip(peaks, peaks[1:] + [len(v1) + lead_in]):
       n = min(lead_in + lead_out, following - p)  # up to the next beat's QRS
       rest[p - lead_in:p - lead_in + n] -= beat[:n]
-    freqs, power = signal.periodogram(signal.detrend(rest[peaks[0] - lead_in:peaks[-1] + lead_out]), fs)
+    rest = signal.detrend(rest[peaks[0] - lead_in:peaks[-1] + lead_out])
+    freqs, power = signal.periodogram(rest, fs)
     assert 4 <= freqs[np.argmax(power)] <= 9, r.report
   assert slow >= 3
 
 
 def test_pvcs_are_premature_wide_and_followed_by_a_compensatory_pause():
   fs = CLEAN_FS
-  for r in clean_of([("normal_sinus_rhythm", "premature_ventricular_complexes")] * 6, duration_s=10):
+  for r in clean_of([("normal_sinus_rhythm", "premature_ventricular_complexes")] * 6,
+                    duration_s=10):
     bounds = np.array([qrs_bounds(r.ecg, fs, p) for p in r_peaks(r.ecg, fs)])
     wide = np.diff(bounds, axis=1)[:, 0] / fs >= 0.12
     rr = np.diff(bounds[:, 0]) / fs  # onset to onset: a wide beat's peak comes late
@@ -304,7 +315,8 @@ def test_bundle_branch_block_morphology():
 
 def test_first_degree_av_block_prolongs_pr():
   slow = [("sinus_bradycardia",), ("sinus_bradycardia", "right_bundle_branch_block"),
-          ("sinus_bradycardia", "left_ventricular_hypertrophy"), ("sinus_bradycardia", "low_qrs_voltage")]
+          ("sinus_bradycardia", "left_ventricular_hypertrophy"),
+          ("sinus_bradycardia", "low_qrs_voltage")]
   records = clean_of(slow * 3 + [n + ("first_degree_av_block",) for n in slow] * 3)
   for r in records:
     pr = pr_ms(r.ecg, CLEAN_FS)
@@ -336,16 +348,16 @@ TERRITORY = {"st_elevation_inferior": ("II", "III", "aVF"),
 def test_st_elevation_sits_in_its_territory(clean):
   sets = [("st_elevation_inferior",), ("st_elevation_anterior",), ("st_elevation_lateral",),
           ("st_elevation_anterior", "st_elevation_lateral")]
-  extras = [(), ("left_ventricular_hypertrophy",), ("right_bundle_branch_block",), ("low_qrs_voltage",)]
+  extras = [(), ("left_ventricular_hypertrophy",), ("right_bundle_branch_block",),
+            ("low_qrs_voltage",)]
   records = clean_of([("normal_sinus_rhythm",) + s + e for s in sets for e in extras])
   for r in records:
     st = st_levels(r.ecg, CLEAN_FS)
-    elevated = set()
-    for name, leads in TERRITORY.items():
-      if has(r, name):
-        for lead in leads:
-          assert st[LEAD_INDEX[lead]] >= (0.2 if lead in ("V2", "V3") else 0.1), (lead, st.round(2), r.report)
-        elevated.update(leads)
+    inside = [LEAD_INDEX[lead] for name, leads in TERRITORY.items() if has(r, name) for lead in leads]
+    for i in inside:
+      need = 0.2 if LEAD_NAMES[i] in ("V2", "V3") else 0.1
+      assert st[i] >= need, (LEAD_NAMES[i], st.round(2), r.report)
+    assert st[inside].mean() > np.delete(st, inside).mean() + 0.1
     if has(r, "st_elevation_inferior"):
       assert st[LEAD_INDEX["aVL"]] < 0  # reciprocal depression
   for r in clean:
@@ -413,4 +425,5 @@ def test_reports_quote_the_measured_rate(clean_all):
     if quoted:
       measured = heart_rate(r.ecg, CLEAN_FS)  # AF: fewer beats counted swing the mean more
       tolerance = 0.15 if has(r, "atrial_fibrillation") else 0.06
-      assert abs(int(quoted.group(1) or quoted.group(2)) - measured) < tolerance * measured, r.report
+      quoted_rate = int(quoted.group(1) or quoted.group(2))
+      assert abs(quoted_rate - measured) < tolerance * measured, r.report

@@ -8,8 +8,6 @@ import sys
 from absl import app
 from tensorflow_datasets.scripts.cli import build, cli_utils
 
-from . import synthetic_ecg_reports_dataset_builder  # noqa: F401  (its importlib_resources shim)
-
 if __name__ == "__main__":
   sys.argv.insert(1, str(pathlib.Path(__file__).parent))
   if not any(arg.startswith("--file_format") for arg in sys.argv):

@@ -4,24 +4,16 @@ Build (array_record: the one format that needs no TensorFlow):
 
   python -m tfds_builders.synthetic_ecg_reports --config 100hz --data_dir /tmp/x
 
-It runs the stock `tfds build` command, so every `tfds build` flag works, and defaults to
-`--file_format=array_record`. The `tfds` console script itself cannot start without
-TensorFlow in tfds 4.9.x (it imports a TensorFlow-only converter at start-up). From Python, the trainer
-calls `prepare(config, data_dir)`; reading is `builder.as_data_source(split)`.
+It runs the stock `tfds build` command, so every `tfds build` flag works (`--config` also
+takes a JSON of `SyntheticConfig` fields), and defaults to `--file_format=array_record`. The
+`tfds` console script itself cannot start without TensorFlow in tfds 4.9.x (it imports a
+TensorFlow-only converter at start-up). From Python, the trainer calls
+`prepare(config, data_dir)`; reading is `builder.as_data_source(split)`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
-import importlib.resources.abc
-import sys
-
-try:
-  import importlib_resources  # noqa: F401
-except ImportError:  # tfds 4.9.x uses it on every Python but declares it only below 3.9
-  sys.modules["importlib_resources"] = importlib.resources
-
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -45,7 +37,9 @@ class SyntheticConfig(tfds.core.BuilderConfig):
 def custom_config(sample_rate: int, num_patients: int, seed: int = 0,
                   duration_s: float = 10.0) -> SyntheticConfig:
   """A config whose name spells out its arguments, so builds of different corpora never mix."""
-  name = f"{sample_rate}hz_p{num_patients}_s{seed}" + ("" if duration_s == 10 else f"_{duration_s:g}s")
+  name = f"{sample_rate}hz_p{num_patients}_s{seed}"
+  if duration_s != 10:
+    name += f"_{duration_s:g}s"
   return SyntheticConfig(name=name, sample_rate=sample_rate, num_patients=num_patients,
                          seed=seed, duration_s=duration_s)
 
@@ -69,9 +63,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [
-      SyntheticConfig(name="500hz", description="10 s at 500 Hz, 1500 patients (~3700 records).",
+      SyntheticConfig(name="500hz", description="10 s at 500 Hz, 1500 patients (~3800 records).",
                       sample_rate=500, num_patients=1500),
-      SyntheticConfig(name="100hz", description="10 s at 100 Hz, 1500 patients (~3700 records).",
+      SyntheticConfig(name="100hz", description="10 s at 100 Hz, 1500 patients (~3800 records).",
                       sample_rate=100, num_patients=1500),
   ]
   DEFAULT_CONFIG_NAME = "100hz"
