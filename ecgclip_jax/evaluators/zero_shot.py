@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Callable
 
 import numpy as np
@@ -10,9 +11,20 @@ import numpy as np
 from ecgclip_jax.evaluators import metrics
 
 
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def resolve_prompt_file(path: str) -> str:
+  """A relative path is looked up in the current directory, then in the project checkout."""
+  for candidate in (path, os.path.join(PROJECT_ROOT, path)):
+    if os.path.isfile(candidate):
+      return candidate
+  raise FileNotFoundError(f"prompt file not found: {path} (a JSON object: label -> list of prompts)")
+
+
 def load_prompts(path: str, label_names: list[str]) -> dict[str, list[str]]:
   """Reads `{label: [prompt, ...]}`; every label named must exist in the dataset."""
-  with open(path, encoding="utf-8") as f:
+  with open(resolve_prompt_file(path), encoding="utf-8") as f:
     prompts = json.load(f)
   unknown = sorted(set(prompts) - set(label_names))
   if unknown:

@@ -53,3 +53,24 @@ def test_retrieval_is_perfect_for_identical_random_embeddings():
   assert out["ecg_to_report"]["recall@1"] == 1.0 == out["report_to_ecg"]["recall@1"]
   shuffled = retrieval.evaluate(emb, emb[::-1])
   assert shuffled["ecg_to_report"]["recall@1"] < 0.2
+
+
+def test_prompt_file_errors_name_the_problem(tmp_path):
+  from ecgclip_jax.evaluators import zero_shot
+  with pytest.raises(FileNotFoundError, match="prompt file not found"):
+    zero_shot.load_prompts(str(tmp_path / "none.json"), ["a"])
+  bad = tmp_path / "bad.json"
+  bad.write_text('{"a": ["x"], "zz": ["y"]}')
+  with pytest.raises(ValueError, match=r"does not have: \['zz'\]"):
+    zero_shot.load_prompts(str(bad), ["a"])
+  good = tmp_path / "good.json"
+  good.write_text('{"a": ["first", "second"]}')
+  assert zero_shot.load_prompts(str(good), ["a", "b"]) == {"a": ["first", "second"]}
+
+
+def test_class_embeddings_average_prompts_then_renormalize():
+  from ecgclip_jax.evaluators import zero_shot
+  table = {"p": np.array([1.0, 0.0]), "q": np.array([0.0, 1.0]), "r": np.array([0.6, 0.8])}
+  embed = lambda texts: np.stack([table[t] for t in texts])
+  got = zero_shot.class_embeddings({"A": ["p", "q"], "B": ["r"]}, embed)
+  np.testing.assert_allclose(got, [[2**-0.5, 2**-0.5], [0.6, 0.8]], rtol=1e-12)
