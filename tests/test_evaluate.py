@@ -11,7 +11,7 @@ from ecgclip_jax.data import sources
 def test_evaluate_a_tiny_checkpoint(tiny_config, tmp_path, capsys):
   tiny_config.eval.at_end_of_training = False
   tiny_config.total_steps = 2
-  trained = train.train_and_evaluate(tiny_config, str(tmp_path))
+  train.train_and_evaluate(tiny_config, str(tmp_path))
 
   results = evaluate.evaluate_checkpoint(tiny_config, str(tmp_path))
   test_split = sources.open_dataset(tiny_config.data).source("test")

@@ -1,6 +1,5 @@
 """Mesh from config and global batch assembly."""
 
-import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec

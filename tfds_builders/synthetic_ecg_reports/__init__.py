@@ -2,3 +2,6 @@
 
 from .synthetic_ecg_reports_dataset_builder import (
     LABEL_NAMES, SPLITS, Builder, SyntheticConfig, custom_config, patient_splits, prepare)
+
+__all__ = ["LABEL_NAMES", "SPLITS", "Builder", "SyntheticConfig", "custom_config",
+           "patient_splits", "prepare"]
