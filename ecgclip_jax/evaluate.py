@@ -120,10 +120,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   trainer = train_state.Trainer(config)
   manager = checkpoint.make_manager(workdir, read_only=True)
   step = checkpoint.resolve_step(manager, step)
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated(mesh)),
-      trainer.abstract_state())
-  state, _ = checkpoint.restore(manager, step, abstract)
+  state, _ = checkpoint.restore(manager, step, trainer.abstract_state(parallel.replicated(mesh)))
   print(f"restored checkpoint step {step} from {manager.directory}", flush=True)
   return run_evaluation(config, workdir, step, trainer, state.params, state.model_state, mesh)
 

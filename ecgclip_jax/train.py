@@ -71,8 +71,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   # =====================================================================================
   trainer = train_state.Trainer(config)
   replicated = parallel.replicated(mesh)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                          trainer.abstract_state())
+  abstract = trainer.abstract_state(replicated)
   shardings = jax.tree.map(lambda x: x.sharding, abstract)
   manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints)
   latest = manager.latest_step()

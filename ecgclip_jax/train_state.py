@@ -142,8 +142,12 @@ class Trainer:
                       opt_state=self.tx.init(trainable),
                       rng=jax.random.key_data(jax.random.key(self.config.seed + 1)))
 
-  def abstract_state(self) -> TrainState:
-    return jax.eval_shape(lambda: self.init(jax.random.key(0), load_pretrained_text=False))
+  def abstract_state(self, sharding: jax.sharding.Sharding | None = None) -> TrainState:
+    """Shapes and dtypes of the state (placed on `sharding`, if given: Orbax restores there)."""
+    shapes = jax.eval_shape(lambda: self.init(jax.random.key(0), load_pretrained_text=False))
+    if sharding is None:
+      return shapes
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
 
   # -------------------------------------------------------------------------------------
   # Steps (pure functions of state and batch; jitted by the caller with shardings).

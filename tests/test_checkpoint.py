@@ -12,9 +12,7 @@ def test_checkpoint_round_trip_restores_state_and_config(tiny_config, tmp_path):
   state = train.train_and_evaluate(tiny_config, str(tmp_path))
 
   mesh = parallel.make_mesh(tiny_config.mesh)
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated(mesh)),
-      train_state.Trainer(tiny_config).abstract_state())
+  abstract = train_state.Trainer(tiny_config).abstract_state(parallel.replicated(mesh))
   manager = checkpoint.make_manager(str(tmp_path), read_only=True)
   restored, config_json = checkpoint.restore(manager, 2, abstract)
 
