@@ -1,0 +1,207 @@
+"""Signal preparation shared by every builder: raw leads in, contract-shaped int16 µV out.
+
+`prepare(signal_mv, fs, lead_names, spec)` runs the steps in this order, each a function here:
+  1. leads   - names canonicalized (`AVR`, `avr` -> aVR; `-aVR` is a different lead and is
+               dropped), reordered to I, II, III, aVR, aVL, aVF, V1..V6; missing leads are
+               zero and False in `lead_mask`.
+  2. repair  - NaN/Inf replaced by the mean of the finite samples within +-6 samples (as MERL
+               does); more than `max_nonfinite_fraction` of the present samples -> skipped.
+  3. check   - flat leads (peak-to-peak < `flat_uv`) and saturated leads (>= `saturated_fraction`
+               of samples sit at the lead's own min or max: a clipped amplifier) are counted
+               at the native rate; more than `max_flat_leads` / `max_saturated_leads` -> skipped.
+  4. resample to `spec.sample_rate` with a polyphase anti-aliasing filter.
+  5. filter  - optional zero-phase Butterworth band-pass (or high-pass only: baseline wander).
+  6. length  - longer records are cropped to `duration_s` (from the start, or centred);
+               records shorter than `min_duration_s` are skipped; between the two they are
+               zero-padded at the end (the padded tail is zeros in every lead).
+  7. quantize to int16 microvolts; samples beyond +-32.767 mV are clipped and counted.
+A record that cannot be used raises `SkipRecord` with its reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fractions
+
+import numpy as np
+import scipy.signal
+
+from ecgclip_jax.data.leads import LEAD_INDEX, LEAD_NAMES, NUM_LEADS
+from ecgclip_jax.data.skips import SkipRecord
+
+NONFINITE_WINDOW = 6  # samples either side whose finite mean replaces a NaN/Inf (MERL)
+INT16_MAX_UV = 32767
+
+_CANONICAL_BY_FOLDED = {name.casefold(): name for name in LEAD_NAMES}
+
+
+@dataclasses.dataclass(frozen=True)
+class SignalSpec:
+  """What every prepared record looks like, and when a record is rejected."""
+
+  sample_rate: int = 500
+  duration_s: float = 10.0
+  min_duration_s: float | None = None  # None: records must reach `duration_s` (1% slack)
+  crop: str = "start"  # 'start' | 'center'
+  bandpass_hz: tuple[float | None, float | None] | None = None  # (low, high); None: off
+  max_nonfinite_fraction: float = 0.01
+  flat_uv: float = 10.0
+  saturated_fraction: float = 0.05
+  max_flat_leads: int = 2
+  max_saturated_leads: int = 2
+
+  def __post_init__(self):
+    if self.crop not in ("start", "center"):
+      raise ValueError(f"crop must be 'start' or 'center', got {self.crop!r}")
+    if self.sample_rate <= 0 or self.duration_s <= 0:
+      raise ValueError("sample_rate and duration_s must be positive")
+
+  @property
+  def num_samples(self) -> int:
+    return round(self.sample_rate * self.duration_s)
+
+  @property
+  def min_samples(self) -> int:
+    if self.min_duration_s is None:
+      return int(np.ceil(0.99 * self.num_samples))
+    return round(self.sample_rate * self.min_duration_s)
+
+
+@dataclasses.dataclass
+class PreparedSignal:
+  ecg: np.ndarray  # int16 [num_samples, 12], microvolts, canonical lead order
+  lead_mask: np.ndarray  # bool [12]
+  nonfinite_repaired: int = 0
+  clipped: int = 0
+  flat_leads: tuple[str, ...] = ()
+  saturated_leads: tuple[str, ...] = ()
+  padded_samples: int = 0
+
+
+def canonical_lead_name(name: str) -> str | None:
+  """The contract's name for a lead as spelled in a file, or None for any other lead."""
+  return _CANONICAL_BY_FOLDED.get(name.strip().casefold())
+
+
+def to_canonical_leads(signal: np.ndarray, lead_names) -> tuple[np.ndarray, np.ndarray]:
+  """[T, C] with the file's lead names -> ([T, 12] float64 in contract order, lead_mask)."""
+  signal = np.asarray(signal, np.float64)
+  if signal.ndim != 2 or signal.shape[1] != len(lead_names):
+    raise SkipRecord("header_data_mismatch",
+                     f"signal shape {signal.shape} vs {len(lead_names)} lead names")
+  out = np.zeros((signal.shape[0], NUM_LEADS))
+  mask = np.zeros(NUM_LEADS, np.bool_)
+  for column, name in enumerate(lead_names):
+    canonical = canonical_lead_name(str(name))
+    if canonical is None:
+      continue
+    if mask[LEAD_INDEX[canonical]]:
+      raise SkipRecord("unsupported_format", f"lead {canonical} appears twice in {lead_names}")
+    out[:, LEAD_INDEX[canonical]] = signal[:, column]
+    mask[LEAD_INDEX[canonical]] = True
+  if not mask.any():
+    raise SkipRecord("unsupported_format", f"none of the leads {list(lead_names)} is one of "
+                     f"the 12 standard leads")
+  return out, mask
+
+
+def repair_nonfinite(signal: np.ndarray, lead_mask: np.ndarray,
+                     max_fraction: float) -> tuple[np.ndarray, int]:
+  """NaN/Inf -> mean of the finite samples within +-NONFINITE_WINDOW (0 if there are none)."""
+  bad = ~np.isfinite(signal) & lead_mask
+  count = int(bad.sum())
+  if count == 0:
+    return signal, 0
+  present = signal.shape[0] * int(lead_mask.sum())
+  if count > max_fraction * present:
+    raise SkipRecord("too_many_nonfinite", f"{count} of {present} samples are NaN/Inf")
+  finite = np.where(bad, 0.0, signal)
+  kernel = np.ones(2 * NONFINITE_WINDOW + 1)
+  window_sum = _moving_sum(finite, kernel)
+  window_count = _moving_sum((~bad).astype(np.float64), kernel)
+  local_mean = np.divide(window_sum, window_count, out=np.zeros_like(window_sum),
+                         where=window_count > 0)
+  return np.where(bad, local_mean, np.where(lead_mask, signal, 0.0)), count
+
+
+def _moving_sum(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+  return scipy.signal.convolve(x, kernel[:, None], mode="same", method="direct")
+
+
+def bad_leads(signal_uv: np.ndarray, lead_mask: np.ndarray, flat_uv: float,
+              saturated_fraction: float) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(flat, saturated) present leads. Saturation: a clipped lead sits on its own extreme."""
+  flat, saturated = [], []
+  for i in np.flatnonzero(lead_mask):
+    lead = signal_uv[:, i]
+    low, high = lead.min(), lead.max()
+    if high - low < flat_uv:
+      flat.append(LEAD_NAMES[i])
+    elif max(np.sum(lead == low), np.sum(lead == high)) >= saturated_fraction * len(lead):
+      saturated.append(LEAD_NAMES[i])
+  return tuple(flat), tuple(saturated)
+
+
+def resample(signal: np.ndarray, fs_in: float, fs_out: int) -> np.ndarray:
+  """Polyphase resampling along time (scipy's Kaiser-windowed anti-aliasing filter)."""
+  if fs_in <= 0:
+    raise SkipRecord("missing_metadata", f"sampling rate {fs_in}")
+  ratio = fractions.Fraction(fs_out) / fractions.Fraction(fs_in).limit_denominator(1000)
+  if ratio == 1:
+    return signal
+  return scipy.signal.resample_poly(signal, ratio.numerator, ratio.denominator, axis=0)
+
+
+def bandpass(signal: np.ndarray, fs: float, low: float | None, high: float | None,
+             order: int = 3) -> np.ndarray:
+  """Zero-phase Butterworth filter: band-pass, or high-pass only (baseline wander) when
+  `high` is None, low-pass only when `low` is None."""
+  if high is not None and high >= fs / 2:
+    high = None  # nothing to remove above Nyquist
+  if low is None and high is None:
+    return signal
+  if low is None:
+    sos = scipy.signal.butter(order, high, "lowpass", fs=fs, output="sos")
+  elif high is None:
+    sos = scipy.signal.butter(order, low, "highpass", fs=fs, output="sos")
+  else:
+    sos = scipy.signal.butter(order, (low, high), "bandpass", fs=fs, output="sos")
+  return scipy.signal.sosfiltfilt(sos, signal, axis=0)
+
+
+def fit_length(signal: np.ndarray, spec: SignalSpec) -> tuple[np.ndarray, int]:
+  """Crop or zero-pad to `spec.num_samples`; returns the signal and the samples padded."""
+  n, target = signal.shape[0], spec.num_samples
+  if n >= target:
+    start = 0 if spec.crop == "start" else (n - target) // 2
+    return signal[start:start + target], 0
+  if n < spec.min_samples:
+    raise SkipRecord("wrong_duration",
+                     f"{n / spec.sample_rate:.2f} s < {spec.min_samples / spec.sample_rate:.2f} s")
+  return np.pad(signal, ((0, target - n), (0, 0))), target - n
+
+
+def quantize_uv(signal_mv: np.ndarray) -> tuple[np.ndarray, int]:
+  """Millivolts -> int16 microvolts; returns the samples clipped to the int16 range."""
+  uv = np.rint(signal_mv * 1000.0)
+  clipped = int(np.sum(np.abs(uv) > INT16_MAX_UV))
+  return np.clip(uv, -INT16_MAX_UV - 1, INT16_MAX_UV).astype(np.int16), clipped
+
+
+def prepare(signal_mv: np.ndarray, fs: float, lead_names, spec: SignalSpec) -> PreparedSignal:
+  """A raw [T, C] millivolt record -> the data contract's int16 [T, 12] µV and lead mask."""
+  signal, mask = to_canonical_leads(signal_mv, lead_names)
+  signal, repaired = repair_nonfinite(signal, mask, spec.max_nonfinite_fraction)
+  flat, saturated = bad_leads(signal * 1000.0, mask, spec.flat_uv, spec.saturated_fraction)
+  if len(flat) > spec.max_flat_leads:
+    raise SkipRecord("flat_leads", f"flat: {', '.join(flat)}")
+  if len(saturated) > spec.max_saturated_leads:
+    raise SkipRecord("saturated_leads", f"saturated: {', '.join(saturated)}")
+  signal = resample(signal, fs, spec.sample_rate)
+  if spec.bandpass_hz is not None:
+    signal = bandpass(signal, spec.sample_rate, *spec.bandpass_hz)
+  signal, padded = fit_length(signal, spec)
+  signal[:, ~mask] = 0.0
+  ecg, clipped = quantize_uv(signal)
+  return PreparedSignal(ecg=ecg, lead_mask=mask, nonfinite_repaired=repaired, clipped=clipped,
+                        flat_leads=flat, saturated_leads=saturated, padded_samples=padded)

@@ -1,0 +1,279 @@
+"""What every ECG dataset builder shares: the data contract's features, the build loop that
+skips bad records with a reason, the build report, and Apache Beam when asked for.
+
+A builder subclasses `EcgBuilder` and says only what is particular to its corpus:
+  * `label_sets()`: feature name -> label names (`labels` is the dataset's own vocabulary;
+    further sets such as PTB-XL's superclasses become `labels_<set>` features);
+  * `list_records(manual_dir)`: the cheap index pass (CSV files, directory listings) giving
+    one `RecordTask` per record with its split, plus index-level skips (id, reason, detail);
+  * `record_reader()`: a picklable function `RecordTask -> RawRecord` that reads one record.
+Reading, signal preparation and skipping run here, record by record: in this process for a
+plain build, or on Beam workers when the build gets `--beam_pipeline_options` (DirectRunner
+with several workers here; Dataflow, Flink or Spark at scale). Either way the build writes
+`build_report.json` beside the dataset and prints its summary.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import hashlib
+import json
+from typing import Callable, Iterable
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from ecgclip_jax.data import signal as signal_lib
+from ecgclip_jax.data import skips
+from ecgclip_jax.data.leads import LEAD_NAMES, NUM_LEADS
+from ecgclip_jax.data.readers import RawSignal
+from ecgclip_jax.data.skips import CorpusError, SkipRecord
+
+SPLITS = ("train", "validation", "test")
+INDEX_SECTION = "index"  # report section for records dropped before their split is read
+UNKNOWN = -1  # age / sex not recorded; sex is 0 female, 1 male
+
+
+@dataclasses.dataclass(eq=False, kw_only=True)
+class EcgConfig(tfds.core.BuilderConfig):
+  """A builder config: the prepared signal's format and the rules that reject a record."""
+
+  signal: signal_lib.SignalSpec = dataclasses.field(default_factory=signal_lib.SignalSpec)
+  require_report: bool = True
+
+  def __post_init__(self):
+    if isinstance(self.signal, dict):  # from `tfds build --config '{"signal": {...}}'`
+      self.signal = signal_lib.SignalSpec(**self.signal)
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordTask:
+  """One record to read: ids, split, and the builder's own plain-valued `source` fields."""
+
+  record_id: str
+  patient_id: str
+  split: str
+  source: tuple = ()  # (key, value) pairs, hashable and picklable; see `field`
+
+  def field(self, key: str, default=None):
+    return dict(self.source).get(key, default)
+
+
+@dataclasses.dataclass
+class RawRecord:
+  signal: RawSignal
+  report: str | bytes = ""
+  labels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # per label set
+  age: int = UNKNOWN
+  sex: int = UNKNOWN
+
+
+def hash_split(patient_id: str, salt: str,
+               fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> str:
+  """A patient's split from a hash of its id: deterministic, patient-disjoint by
+  construction, computed record by record (no global pass), stable when records are added."""
+  digest = hashlib.sha256(f"{salt}:{patient_id}".encode()).digest()
+  u = int.from_bytes(digest[:8], "big") / 2**64
+  edges = np.cumsum(fractions) / np.sum(fractions)
+  return SPLITS[int(np.searchsorted(edges, u, side="right"))]
+
+
+def multi_hot(names: Iterable[str], vocabulary: list[str]) -> np.ndarray:
+  index = {name: i for i, name in enumerate(vocabulary)}
+  out = np.zeros(len(vocabulary), np.bool_)
+  for name in names:
+    if name in index:
+      out[index[name]] = True
+  return out
+
+
+def contract_features(num_samples: int,
+                      label_sets: dict[str, list[str]]) -> tfds.features.FeaturesDict:
+  """The data contract (see DESIGN.md) as TFDS features."""
+  return tfds.features.FeaturesDict({
+      "ecg": tfds.features.Tensor(shape=(num_samples, NUM_LEADS), dtype=np.int16),
+      "lead_mask": tfds.features.Tensor(shape=(NUM_LEADS,), dtype=np.bool_),
+      "report": tfds.features.Text(),
+      **{name: tfds.features.Tensor(shape=(len(names),), dtype=np.bool_)
+         for name, names in label_sets.items()},
+      "patient_id": tfds.features.Text(),
+      "record_id": tfds.features.Text(),
+      "age": tfds.features.Tensor(shape=(), dtype=np.int32),
+      "sex": tfds.features.Tensor(shape=(), dtype=np.int32),
+  })
+
+
+def contract_metadata(sample_rate: int, label_sets: dict[str, list[str]],
+                      **extra) -> tfds.core.MetadataDict:
+  return tfds.core.MetadataDict(
+      label_names=list(label_sets["labels"]),
+      label_sets={name: list(names) for name, names in label_sets.items()},
+      lead_names=list(LEAD_NAMES), sample_rate=sample_rate, ecg_units="microvolt", **extra)
+
+
+def clean_report(report: str | bytes) -> str:
+  """Report text with runs of whitespace collapsed; bytes must be UTF-8."""
+  if isinstance(report, bytes):
+    try:
+      report = report.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise SkipRecord("undecodable_report", str(e)) from None
+  if "\ufffd" in report:
+    raise SkipRecord("undecodable_report", "contains U+FFFD replacement characters")
+  return " ".join(report.split())
+
+
+def prepare_example(task: RecordTask, reader: Callable[[RecordTask], RawRecord],
+                    spec: signal_lib.SignalSpec, label_sets: dict[str, list[str]],
+                    require_report: bool):
+  """(record_id, example) for a usable record, or (record_id, reason, detail) for a skip."""
+  try:
+    raw = reader(task)
+    report = clean_report(raw.report)
+    if require_report and not report:
+      raise SkipRecord("empty_report")
+    prepared = signal_lib.prepare(raw.signal.signal_mv, raw.signal.fs, raw.signal.lead_names,
+                                  spec)
+  except SkipRecord as e:
+    return task.record_id, e.reason, e.detail
+  except Exception as e:  # a reader's unforeseen failure costs this record, not the build
+    return task.record_id, "unreadable_signal", f"{type(e).__name__}: {e}"
+  labels = {name: np.asarray(raw.labels.get(name, np.zeros(len(names))), np.bool_)
+            for name, names in label_sets.items()}
+  return task.record_id, {
+      "ecg": prepared.ecg,
+      "lead_mask": prepared.lead_mask,
+      "report": report,
+      **labels,
+      "patient_id": task.patient_id,
+      "record_id": task.record_id,
+      "age": np.int32(raw.age),
+      "sex": np.int32(raw.sex),
+  }
+
+
+def _is_skip(result) -> bool:
+  return len(result) == 3
+
+
+def _write_section(path: str, seen: int, skipped: list) -> None:
+  epath.Path(path).write_text(json.dumps(skips.summarize(seen, [tuple(s) for s in skipped])))
+
+
+def drop_duplicates(tasks: list[RecordTask]) -> tuple[list[RecordTask], list[tuple]]:
+  """Keeps the first task of each record id; the others are skips."""
+  seen, kept, dropped = set(), [], []
+  for task in tasks:
+    if task.record_id in seen:
+      dropped.append((task.record_id, "duplicate_record_id", f"split {task.split}"))
+    else:
+      seen.add(task.record_id)
+      kept.append(task)
+  return kept, dropped
+
+
+class EcgBuilder(tfds.core.GeneratorBasedBuilder):
+  """Base class: the contract's features, skip-and-count generation, optional Beam."""
+
+  BUILDER_CONFIGS: list[EcgConfig]
+
+  def label_sets(self) -> dict[str, list[str]]:
+    raise NotImplementedError
+
+  def extra_metadata(self) -> dict:
+    return {}
+
+  def list_records(self, manual_dir: epath.Path) -> tuple[list[RecordTask], list[tuple]]:
+    raise NotImplementedError
+
+  def record_reader(self) -> Callable[[RecordTask], RawRecord]:
+    raise NotImplementedError
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    spec = self.builder_config.signal
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=(type(self).__doc__ or self.name).strip().splitlines()[0],
+        features=contract_features(spec.num_samples, self.label_sets()),
+        metadata=contract_metadata(spec.sample_rate, self.label_sets(),
+                                   signal_spec=dataclasses.asdict(spec),
+                                   **self.extra_metadata()),
+    )
+
+  def _manual_dir(self, dl_manager) -> epath.Path:
+    manual_dir = epath.Path(dl_manager._manual_dir)  # pylint: disable=protected-access
+    if not manual_dir.is_dir():
+      raise CorpusError(f"{manual_dir}: no such folder; pass --manual_dir (tfds build) or "
+                        f"manual_dir= pointing at the untouched download. "
+                        f"{' '.join(self.MANUAL_DOWNLOAD_INSTRUCTIONS.split())}")
+    return manual_dir
+
+  def _split_generators(self, dl_manager):
+    manual_dir = self._manual_dir(dl_manager)
+    tasks, index_skips = self.list_records(manual_dir)
+    tasks, duplicates = drop_duplicates(tasks)
+    index_skips = list(index_skips) + duplicates
+    if not tasks:
+      raise CorpusError(f"{manual_dir}: no usable records found (expected {self.name}'s "
+                        f"download; {len(index_skips)} index entries were skipped)")
+    _write_section(f"{self.data_dir}/skips-{INDEX_SECTION}.json", len(index_skips),
+                   index_skips)
+    by_split = collections.defaultdict(list)
+    for task in tasks:
+      by_split[task.split].append(task)
+    process = functools.partial(
+        prepare_example, reader=self.record_reader(), spec=self.builder_config.signal,
+        label_sets=self.label_sets(), require_report=self.builder_config.require_report)
+    return {split: self._generate_examples(split, by_split[split], process)
+            for split in SPLITS if by_split[split]}
+
+  def _generate_examples(self, split, tasks, process):
+    section = f"{self.data_dir}/skips-{split}.json"
+    if self._use_beam:
+      return _beam_examples(split, tasks, process, section)
+    return _local_examples(tasks, process, section)
+
+  def _download_and_prepare(self, dl_manager, download_config):
+    self._use_beam = (download_config.beam_options is not None
+                      or download_config.beam_runner is not None)
+    super()._download_and_prepare(dl_manager, download_config)
+    sections = {}
+    for path in sorted(epath.Path(self.data_dir).glob("skips-*.json")):
+      sections[path.stem.removeprefix("skips-")] = json.loads(path.read_text())
+      path.unlink()
+    report = skips.combine(sections)
+    skips.write_report(report, self.data_dir)
+    print(f"{self.info.full_name}: {skips.format_summary(report)}\n"
+          f"  report: {skips.REPORT_NAME} beside the dataset", flush=True)
+
+
+def _local_examples(tasks, process, section):
+  skipped = []
+  for task in tasks:
+    result = process(task)
+    if _is_skip(result):
+      skipped.append(result)
+    else:
+      yield result
+  _write_section(section, len(tasks), skipped)
+
+
+def _beam_examples(split, tasks, process, section):
+  """The same per-record work as `_local_examples`, spread over Beam workers."""
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+
+  def expand(pipeline):
+    results = (pipeline
+               | f"{split}/tasks" >> beam.Create(tasks)
+               | f"{split}/spread" >> beam.Reshuffle()
+               | f"{split}/prepare" >> beam.Map(process))
+    _ = (results
+         | f"{split}/skips" >> beam.Filter(_is_skip)
+         | f"{split}/collect" >> beam.combiners.ToList()
+         | f"{split}/report" >> beam.Map(lambda s: _write_section(section, len(tasks), s)))
+    return results | f"{split}/examples" >> beam.Filter(lambda r: not _is_skip(r))
+
+  return beam.ptransform_fn(expand)()
