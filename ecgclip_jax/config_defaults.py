@@ -23,6 +23,7 @@ def default_config() -> ml_collections.ConfigDict:
       name="synthetic_ecg_reports",  # a package under tfds_builders/
       builder_config="100hz",
       data_dir="",  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+      manual_dir="",  # real corpora: the untouched download, built into data_dir on first use
       num_patients=0,  # synthetic corpus size; 0 = the builder config's own size
       train_split="train",
       eval_split="test",
@@ -68,7 +69,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval = dict(
       split="test",
       batch_size=256,  # global
-      prompts="configs/prompts/synthetic_ecg_reports.json",
+      prompts="configs/prompts/synthetic_ecg_reports.json",  # zero-shot; "" = retrieval only
       at_end_of_training=True,
   )
   c.lock()

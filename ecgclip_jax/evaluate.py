@@ -77,14 +77,13 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, step: int,
   tokenizer = hf_import.load_tokenizer(train_state.text_encoder_dir(config))
   embedder = Embedder(trainer, params, model_state, mesh, tokenizer)
   split = embedder.embed_split(dataset.source(config.eval.split))
-  prompts = zero_shot.load_prompts(config.eval.prompts, dataset.label_names)
-  results = {
-      "step": step, "split": config.eval.split, "num_examples": int(len(split["labels"])),
-      "zero_shot": zero_shot.evaluate(split["ecg_emb"], split["labels"], dataset.label_names,
-                                      prompts, embedder.embed_texts),
-      "retrieval": retrieval.evaluate(split["ecg_emb"], split["text_emb"]),
-      "seconds": round(time.time() - start, 1),
-  }
+  results = {"step": step, "split": config.eval.split, "num_examples": len(split["labels"])}
+  if config.eval.prompts:  # '' for corpora without labels (e.g. MIMIC-IV-ECG): retrieval only
+    prompts = zero_shot.load_prompts(config.eval.prompts, dataset.label_names)
+    results["zero_shot"] = zero_shot.evaluate(split["ecg_emb"], split["labels"],
+                                              dataset.label_names, prompts, embedder.embed_texts)
+  results["retrieval"] = retrieval.evaluate(split["ecg_emb"], split["text_emb"])
+  results["seconds"] = round(time.time() - start, 1)
   if jax.process_index() == 0:
     out_dir = os.path.join(workdir, "eval", str(step))
     os.makedirs(out_dir, exist_ok=True)
@@ -96,18 +95,20 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, step: int,
 
 
 def format_table(results: dict) -> str:
-  zs, rt = results["zero_shot"], results["retrieval"]
   lines = [f"Evaluation at step {results['step']} on {results['split']} "
-           f"({results['num_examples']} ECGs)",
-           f"{'label':<34}{'n+':>6}{'AUROC':>8}{'PRAUC':>8}"]
-  for name, m in zs["per_label"].items():
-    lines.append(f"{name:<34}{m['positives']:>6}{m['auroc']:>8.3f}{m['prauc']:>8.3f}")
-  for name, m in zs["undefined"].items():
-    lines.append(f"{name:<34}{m['positives']:>6}{'n/a':>8}{'n/a':>8}  (one class only)")
-  macro = zs["macro"]
-  if macro["auroc"] is not None:
-    lines.append(f"{'macro (zero-shot)':<34}{'':>6}{macro['auroc']:>8.3f}{macro['prauc']:>8.3f}")
-  for direction, recalls in rt.items():
+           f"({results['num_examples']} ECGs)"]
+  if "zero_shot" in results:
+    zs = results["zero_shot"]
+    lines.append(f"{'label':<34}{'n+':>6}{'AUROC':>8}{'PRAUC':>8}")
+    for name, m in zs["per_label"].items():
+      lines.append(f"{name:<34}{m['positives']:>6}{m['auroc']:>8.3f}{m['prauc']:>8.3f}")
+    for name, m in zs["undefined"].items():
+      lines.append(f"{name:<34}{m['positives']:>6}{'n/a':>8}{'n/a':>8}  (one class only)")
+    macro = zs["macro"]
+    if macro["auroc"] is not None:
+      lines.append(f"{'macro (zero-shot)':<34}{'':>6}{macro['auroc']:>8.3f}"
+                   f"{macro['prauc']:>8.3f}")
+  for direction, recalls in results["retrieval"].items():
     lines.append(f"retrieval {direction:<24}" +
                  "  ".join(f"{k} {v:.3f}" for k, v in recalls.items()))
   return "\n".join(lines)

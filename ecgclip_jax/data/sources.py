@@ -1,8 +1,9 @@
 """Opens a dataset's array_record splits as random-access sources (no TensorFlow).
 
 `data.name` names a builder package under tfds_builders/. The synthetic corpus needs no
-download, so it is built here when missing; real corpora are built once by their own
-command and must already be in `data.data_dir`.
+download, so it is built here when missing; a real corpus is built here from
+`data.manual_dir` (its untouched download) when that is set, or else must already have been
+built into `data.data_dir` by its own command.
 """
 
 from __future__ import annotations
@@ -56,12 +57,21 @@ def _prepared_builder(data_config: ml_collections.ConfigDict) -> tfds.core.Datas
   except ModuleNotFoundError:
     raise ValueError(f"unknown dataset {data_config.name!r}: no package tfds_builders/"
                      f"{data_config.name}") from None
-  builder = tfds.builder(name, data_dir=data_config.data_dir or None)
-  if not builder.is_prepared():
+  builder = tfds.builder(name, data_dir=data_config.data_dir or None,
+                         file_format="array_record")
+  if builder.is_prepared():
+    return builder
+  if not data_config.manual_dir:
     raise FileNotFoundError(
-        f"dataset {name} is not built in {builder.data_dir_root}: build it first with "
-        f"`tfds build tfds_builders/{data_config.name} --config {data_config.builder_config} "
-        f"--file_format array_record --manual_dir DOWNLOAD --data_dir {builder.data_dir_root}`")
+        f"dataset {name} is not built in {builder.data_dir_root}: set data.manual_dir to the "
+        f"download to build it on first use, or build it with `python -m tfds_builders."
+        f"{data_config.name} --config {data_config.builder_config} --manual_dir DOWNLOAD "
+        f"--data_dir {builder.data_dir_root}`")
+  print(f"Building {name} from {data_config.manual_dir} into {builder.data_dir_root} ...",
+        flush=True)
+  builder.download_and_prepare(
+      file_format="array_record",
+      download_config=tfds.download.DownloadConfig(manual_dir=data_config.manual_dir))
   return builder
 
 

@@ -18,10 +18,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ecgclip_jax.data import synthetic
-from ecgclip_jax.data.leads import LEAD_NAMES, NUM_LEADS
+from ecgclip_jax.data.leads import NUM_LEADS
+from tfds_builders import ecg_builder
 
 LABEL_NAMES = synthetic.LABEL_NAMES
-SPLITS = ("train", "validation", "test")
+SPLITS = ecg_builder.SPLITS
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
@@ -72,22 +73,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     num_samples = round(self.builder_config.sample_rate * self.builder_config.duration_s)
+    label_sets = {"labels": list(LABEL_NAMES)}
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__.splitlines()[0],
-        features=tfds.features.FeaturesDict({
-            "ecg": tfds.features.Tensor(shape=(num_samples, NUM_LEADS), dtype=np.int16),
-            "lead_mask": tfds.features.Tensor(shape=(NUM_LEADS,), dtype=np.bool_),
-            "report": tfds.features.Text(),
-            "labels": tfds.features.Tensor(shape=(len(LABEL_NAMES),), dtype=np.bool_),
-            "patient_id": tfds.features.Text(),
-            "record_id": tfds.features.Text(),
-            "age": tfds.features.Tensor(shape=(), dtype=np.int32),
-            "sex": tfds.features.Tensor(shape=(), dtype=np.int32),
-        }),
-        metadata=tfds.core.MetadataDict(
-            label_names=list(LABEL_NAMES), lead_names=list(LEAD_NAMES),
-            sample_rate=self.builder_config.sample_rate, ecg_units="microvolt"),
+        features=ecg_builder.contract_features(num_samples, label_sets),
+        metadata=ecg_builder.contract_metadata(self.builder_config.sample_rate, label_sets),
     )
 
   def _split_generators(self, dl_manager):
