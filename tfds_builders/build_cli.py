@@ -5,7 +5,6 @@ Writes array_record unless `--file_format` says otherwise (tfrecord would need T
 A corpus that cannot be built at all (wrong folder, missing index file) stops with one line.
 """
 
-import pathlib
 import sys
 
 from absl import app
@@ -21,9 +20,11 @@ def _build(args) -> None:
     sys.exit(f"error: {e}")
 
 
-def main(builder_file: str) -> None:
-  """Runs `tfds build` on the folder holding `builder_file` (a builder's `__main__.py`)."""
-  sys.argv.insert(1, str(pathlib.Path(builder_file).parent))
+def main(package: str) -> None:
+  """Runs `tfds build` for the builder package `package` (its `__main__` passes
+  `__package__`), imported by its full name so that Beam worker processes can unpickle its
+  reader."""
+  sys.argv[1:1] = [package.rsplit(".", 1)[-1], f"--imports={package}"]
   if not any(arg.startswith("--file_format") for arg in sys.argv):
     sys.argv.append("--file_format=array_record")
   app.run(_build, flags_parser=cli_utils.make_flags_parser(build.Args, description="tfds build"))

@@ -10,7 +10,9 @@ A builder subclasses `EcgBuilder` and says only what is particular to its corpus
 Reading, signal preparation and skipping run here, record by record: in this process for a
 plain build, or on Beam workers when the build gets `--beam_pipeline_options` (DirectRunner
 with several workers here; Dataflow, Flink or Spark at scale). Either way the build writes
-`build_report.json` beside the dataset and prints its summary.
+`build_report.json` beside the dataset and prints its summary. A split whose records are all
+skipped is not written (TFDS cannot write an empty split): the report lists it under
+`omitted_splits`; a build where every record is skipped stops with a `CorpusError`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import collections
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
+import re
 from typing import Callable, Iterable
 
 import numpy as np
@@ -35,6 +39,7 @@ from ecgclip_jax.data.skips import CorpusError, SkipRecord
 SPLITS = ("train", "validation", "test")
 INDEX_SECTION = "index"  # report section for records dropped before their split is read
 UNKNOWN = -1  # age / sex not recorded; sex is 0 female, 1 male
+_SURROGATE = re.compile("[\ud800-\udfff]")  # undecodable bytes read with surrogateescape
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
@@ -78,7 +83,8 @@ def hash_split(patient_id: str, salt: str,
   digest = hashlib.sha256(f"{salt}:{patient_id}".encode()).digest()
   u = int.from_bytes(digest[:8], "big") / 2**64
   edges = np.cumsum(fractions) / np.sum(fractions)
-  return SPLITS[int(np.searchsorted(edges, u, side="right"))]
+  # min(): u can round to 1.0, and the last edge can round to just below it.
+  return SPLITS[min(int(np.searchsorted(edges, u, side="right")), len(SPLITS) - 1)]
 
 
 def multi_hot(names: Iterable[str], vocabulary: list[str]) -> np.ndarray:
@@ -121,9 +127,16 @@ def clean_report(report: str | bytes) -> str:
       report = report.decode("utf-8")
     except UnicodeDecodeError as e:
       raise SkipRecord("undecodable_report", str(e)) from None
-  if "\ufffd" in report:
-    raise SkipRecord("undecodable_report", "contains U+FFFD replacement characters")
+  if "\ufffd" in report or _SURROGATE.search(report):
+    raise SkipRecord("undecodable_report", "bytes that are not text (decoding replaced them)")
   return " ".join(report.split())
+
+
+def _int_or_unknown(value) -> np.int32:
+  """Age / sex as int32, with None and NaN (a missing CSV cell) as UNKNOWN."""
+  if value is None or (isinstance(value, float) and not np.isfinite(value)):
+    return np.int32(UNKNOWN)
+  return np.int32(value)
 
 
 def prepare_example(task: RecordTask, reader: Callable[[RecordTask], RawRecord],
@@ -134,7 +147,7 @@ def prepare_example(task: RecordTask, reader: Callable[[RecordTask], RawRecord],
     raw = reader(task)
     report = clean_report(raw.report)
     if require_report and not report:
-      raise SkipRecord("empty_report")
+      raise SkipRecord("empty_report", "no report text")
     prepared = signal_lib.prepare(raw.signal.signal_mv, raw.signal.fs, raw.signal.lead_names,
                                   spec)
   except SkipRecord as e:
@@ -150,8 +163,8 @@ def prepare_example(task: RecordTask, reader: Callable[[RecordTask], RawRecord],
       **labels,
       "patient_id": task.patient_id,
       "record_id": task.record_id,
-      "age": np.int32(raw.age),
-      "sex": np.int32(raw.sex),
+      "age": _int_or_unknown(raw.age),
+      "sex": _int_or_unknown(raw.sex),
   }
 
 
@@ -163,12 +176,24 @@ def _write_section(path: str, seen: int, skipped: list) -> None:
   epath.Path(path).write_text(json.dumps(skips.summarize(seen, [tuple(s) for s in skipped])))
 
 
+def _first_kept(tasks: list[RecordTask], process) -> list:
+  """Results of `tasks` in order up to and including the first kept example (all of them
+  when every record is skipped): TFDS cannot write a split without examples."""
+  done = []
+  for task in tasks:
+    done.append(process(task))
+    if not _is_skip(done[-1]):
+      break
+  return done
+
+
 def drop_duplicates(tasks: list[RecordTask]) -> tuple[list[RecordTask], list[tuple]]:
   """Keeps the first task of each record id; the others are skips."""
   seen, kept, dropped = set(), [], []
   for task in tasks:
     if task.record_id in seen:
-      dropped.append((task.record_id, "duplicate_record_id", f"split {task.split}"))
+      dropped.append((task.record_id, "duplicate_record_id",
+                      str(task.field("path", f"split {task.split}"))))
     else:
       seen.add(task.record_id)
       kept.append(task)
@@ -184,6 +209,11 @@ class EcgBuilder(tfds.core.GeneratorBasedBuilder):
     raise NotImplementedError
 
   def extra_metadata(self) -> dict:
+    return {}
+
+  def extra_report(self) -> dict:
+    """Corpus facts found while building (e.g. codes outside the vocabulary), added to
+    build_report.json and shown in the summary; called after generation."""
     return {}
 
   def list_records(self, manual_dir: epath.Path) -> tuple[list[RecordTask], list[tuple]]:
@@ -227,14 +257,31 @@ class EcgBuilder(tfds.core.GeneratorBasedBuilder):
     process = functools.partial(
         prepare_example, reader=self.record_reader(), spec=self.builder_config.signal,
         label_sets=self.label_sets(), require_report=self.builder_config.require_report)
-    return {split: self._generate_examples(split, by_split[split], process)
-            for split in SPLITS if by_split[split]}
+    generators = {}
+    for split in SPLITS:
+      if not by_split[split]:
+        continue
+      done = _first_kept(by_split[split], process)
+      if all(map(_is_skip, done)):  # every record skipped: reported, split not written
+        _write_section(f"{self.data_dir}/skips-{split}.json", len(done), done)
+        continue
+      generators[split] = self._generate_examples(split, by_split[split], process, done)
+    if not generators:
+      counts = collections.Counter()
+      for path in epath.Path(self.data_dir).glob("skips-*.json"):
+        for reason, r in json.loads(path.read_text())["reasons"].items():
+          counts[reason] += r["count"]
+      raise CorpusError(f"{manual_dir}: every one of the {sum(counts.values())} records was "
+                        f"skipped ({', '.join(f'{n} {r}' for r, n in sorted(counts.items()))}); "
+                        f"nothing to write")
+    return generators
 
-  def _generate_examples(self, split, tasks, process):
+  def _generate_examples(self, split, tasks, process, done=()):
+    """Examples of `tasks`, whose first `len(done)` results are already in `done`."""
     section = f"{self.data_dir}/skips-{split}.json"
     if self._use_beam:
-      return _beam_examples(split, tasks, process, section)
-    return _local_examples(tasks, process, section)
+      return _beam_examples(split, tasks, process, section, done)
+    return _local_examples(tasks, process, section, done)
 
   def _download_and_prepare(self, dl_manager, download_config):
     self._use_beam = (download_config.beam_options is not None
@@ -245,35 +292,58 @@ class EcgBuilder(tfds.core.GeneratorBasedBuilder):
       sections[path.stem.removeprefix("skips-")] = json.loads(path.read_text())
       path.unlink()
     report = skips.combine(sections)
+    report["omitted_splits"] = sorted(name for name, section in sections.items()
+                                      if name != INDEX_SECTION and section["kept"] == 0)
+    extra = self.extra_report()
+    report.update(extra)
     skips.write_report(report, self.data_dir)
-    print(f"{self.info.full_name}: {skips.format_summary(report)}\n"
-          f"  report: {skips.REPORT_NAME} beside the dataset", flush=True)
+    lines = [f"{self.info.full_name}: {skips.format_summary(report)}"]
+    lines += [f"  {key}: {_brief(value)}" for key, value in extra.items()]
+    lines.append(f"  report: {skips.REPORT_NAME} beside the dataset")
+    print("\n".join(lines), flush=True)
 
 
-def _local_examples(tasks, process, section):
-  skipped = []
-  for task in tasks:
-    result = process(task)
-    if _is_skip(result):
-      skipped.append(result)
-    else:
-      yield result
-  _write_section(section, len(tasks), skipped)
+def _brief(value) -> str:
+  """A report value in one line: counts as 'N kinds, M in all, e.g. a (5), b (2)'."""
+  if isinstance(value, dict) and all(isinstance(v, int) for v in value.values()):
+    top = sorted(value.items(), key=lambda kv: -kv[1])[:5]
+    return (f"{len(value)} kinds, {sum(value.values())} in all"
+            + (", e.g. " + ", ".join(f"{k} ({n})" for k, n in top) if top else ""))
+  return json.dumps(value)[:200]
 
 
-def _beam_examples(split, tasks, process, section):
+def _local_examples(tasks, process, section, done=()):
+  skipped, seen = [], 0
+  try:
+    for result in itertools.chain(done, map(process, tasks[len(done):])):
+      seen += 1
+      if _is_skip(result):
+        skipped.append(result)
+      else:
+        yield result
+  finally:  # also when TFDS stops early (`max_examples_per_split`): the records seen so far
+    _write_section(section, seen, skipped)
+
+
+def _beam_examples(split, tasks, process, section, done=()):
   """The same per-record work as `_local_examples`, spread over Beam workers."""
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
 
+  done_skips = [r for r in done if _is_skip(r)]
+  done_examples = [r for r in done if not _is_skip(r)]
+
   def expand(pipeline):
     results = (pipeline
-               | f"{split}/tasks" >> beam.Create(tasks)
+               | f"{split}/tasks" >> beam.Create(tasks[len(done):])
                | f"{split}/spread" >> beam.Reshuffle()
                | f"{split}/prepare" >> beam.Map(process))
     _ = (results
          | f"{split}/skips" >> beam.Filter(_is_skip)
          | f"{split}/collect" >> beam.combiners.ToList()
-         | f"{split}/report" >> beam.Map(lambda s: _write_section(section, len(tasks), s)))
-    return results | f"{split}/examples" >> beam.Filter(lambda r: not _is_skip(r))
+         | f"{split}/report" >> beam.Map(
+             lambda s: _write_section(section, len(tasks), done_skips + list(s))))
+    examples = results | f"{split}/examples" >> beam.Filter(lambda r: not _is_skip(r))
+    first = pipeline | f"{split}/first" >> beam.Create(done_examples)
+    return (examples, first) | f"{split}/all" >> beam.Flatten()
 
   return beam.ptransform_fn(expand)()

@@ -7,6 +7,7 @@ headers that disagree with their data, units or formats we cannot convert.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import pathlib
@@ -18,6 +19,8 @@ from ecgclip_jax.data.skips import SkipRecord
 
 # Physical units a WFDB header may give, as a factor to millivolts.
 _TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3}
+# Bits one sample takes in a WFDB signal file, for the formats stored at a fixed width.
+_FORMAT_BITS = {"8": 8, "16": 16, "24": 24, "32": 32, "61": 16, "80": 8, "160": 16, "212": 12}
 
 
 @dataclasses.dataclass
@@ -46,12 +49,16 @@ def read_wfdb(record_path: str | os.PathLike) -> RawSignal:
     header = wfdb.rdheader(record_path)
   except Exception as e:  # wfdb raises bare ValueError/IndexError on malformed headers
     raise SkipRecord("unreadable_signal", f"{record_path}.hea: {e}") from None
-  if not header.file_name:
+  if not getattr(header, "file_name", None):  # a multi-segment header has none
     raise SkipRecord("unsupported_format", f"{record_path}.hea names no signal file")
+  if len(header.file_name) != header.n_sig:
+    raise SkipRecord("unreadable_signal", f"{record_path}.hea: {len(header.file_name)} signal "
+                     f"lines for {header.n_sig} signals")
   directory = pathlib.Path(record_path).parent
   for name in sorted(set(header.file_name)):
     if not (directory / name).exists():
       raise SkipRecord("missing_file", str(directory / name))
+  _check_file_sizes(header, directory)
   try:
     record = wfdb.rdrecord(record_path)
   except ValueError as e:  # numpy's reshape error: fewer bytes than the header promises
@@ -69,6 +76,41 @@ def read_wfdb(record_path: str | os.PathLike) -> RawSignal:
                    lead_names=list(record.sig_name), comments=list(record.comments or []))
 
 
+def _check_file_sizes(header, directory: pathlib.Path) -> None:
+  """Each signal file against the size its header implies (fixed-width formats only): wfdb
+  itself reads only the header's `sig_len` samples, so a file holding more goes unnoticed, and
+  it fails the same way for a truncated file and for a header promising too many samples.
+  A file short by whole frames disagrees with its header; one cut mid-frame is truncated."""
+  if not header.sig_len:
+    return
+  n = len(header.file_name)
+  frames = collections.defaultdict(lambda: [0, 0])  # file -> [bits per frame, byte offset]
+  for name, fmt, per_frame, offset in zip(header.file_name, header.fmt,
+                                          header.samps_per_frame or [1] * n,
+                                          header.byte_offset or [0] * n):
+    if str(fmt) not in _FORMAT_BITS:
+      frames[name] = None  # compressed or bit-packed: no fixed size to check
+    elif frames[name] is not None:
+      frames[name][0] += _FORMAT_BITS[str(fmt)] * (per_frame or 1)
+      frames[name][1] = offset or 0
+  for name, frame in sorted((k, v) for k, v in frames.items() if v is not None):
+    frame_bits, offset = frame
+    path = directory / name
+    size = path.stat().st_size
+    expected = offset + -(-header.sig_len * frame_bits // 8)
+    data_bits = (size - offset) * 8
+    if size <= offset:
+      raise SkipRecord("unreadable_signal", f"{path}: empty")
+    if size < expected:
+      if data_bits % frame_bits == 0:
+        raise SkipRecord("header_data_mismatch", f"{path}: holds {data_bits // frame_bits} "
+                         f"samples, header says {header.sig_len}")
+      raise SkipRecord("unreadable_signal", f"{path}: truncated, {size} of {expected} bytes")
+    if (size - expected) * 8 >= frame_bits:
+      raise SkipRecord("header_data_mismatch", f"{path}: holds {data_bits // frame_bits} "
+                       f"samples, header says {header.sig_len}")
+
+
 def read_npy(path: str | os.PathLike, fs: float, lead_names: list[str],
              units: str = "mV") -> RawSignal:
   """A bare array file: [T, C] (or [C, T] when C matches the lead names) in `units`."""
@@ -79,7 +121,8 @@ def read_npy(path: str | os.PathLike, fs: float, lead_names: list[str],
     array = np.load(path, allow_pickle=False)
   except Exception as e:
     raise SkipRecord("unreadable_signal", f"{path}: {type(e).__name__}: {e}") from None
-  if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+  if array.ndim != 2 or not (np.issubdtype(array.dtype, np.integer)
+                             or np.issubdtype(array.dtype, np.floating)):
     raise SkipRecord("unsupported_format", f"{path}: array of shape {array.shape}, "
                      f"dtype {array.dtype}; expected a numeric [time, lead] array")
   if array.shape[1] != len(lead_names) and array.shape[0] == len(lead_names):
@@ -87,6 +130,8 @@ def read_npy(path: str | os.PathLike, fs: float, lead_names: list[str],
   if array.shape[1] != len(lead_names):
     raise SkipRecord("header_data_mismatch",
                      f"{path}: shape {array.shape} vs {len(lead_names)} lead names")
+  if array.shape[0] == 0:
+    raise SkipRecord("unreadable_signal", f"{path}: no samples")
   return RawSignal(signal_mv=array.astype(np.float64) * _units_to_mv(units), fs=float(fs),
                    lead_names=list(lead_names))
 

@@ -4,7 +4,8 @@
   1. leads   - names canonicalized (`AVR`, `avr` -> aVR; `-aVR` is a different lead and is
                dropped), reordered to I, II, III, aVR, aVL, aVF, V1..V6; missing leads are
                zero and False in `lead_mask`.
-  2. repair  - NaN/Inf replaced by the mean of the finite samples within +-6 samples (as MERL
+  2. repair  - a lead with no finite sample (disconnected) counts as missing; other NaN/Inf
+               are replaced by the mean of the finite samples within +-6 samples (as MERL
                does); more than `max_nonfinite_fraction` of the present samples -> skipped.
   3. check   - flat leads (peak-to-peak < `flat_uv`) and saturated leads (>= `saturated_fraction`
                of samples sit at the lead's own min or max: a clipped amplifier) are counted
@@ -12,7 +13,8 @@
   4. resample to `spec.sample_rate` with a polyphase anti-aliasing filter.
   5. filter  - optional zero-phase Butterworth band-pass (or high-pass only: baseline wander).
   6. length  - longer records are cropped to `duration_s` (from the start, or centred);
-               records shorter than `min_duration_s` are skipped; between the two they are
+               records shorter than `min_duration_s` are skipped (checked right after
+               resampling, before the filter sees them); between the two they are
                zero-padded at the end (the padded tail is zeros in every lead).
   7. quantize to int16 microvolts; samples beyond +-32.767 mV are clipped and counted.
 A record that cannot be used raises `SkipRecord` with its reason.
@@ -51,6 +53,10 @@ class SignalSpec:
   max_saturated_leads: int = 2
 
   def __post_init__(self):
+    if self.bandpass_hz is not None:  # a JSON config gives a list
+      if len(self.bandpass_hz) != 2:
+        raise ValueError(f"bandpass_hz must be (low, high), got {self.bandpass_hz!r}")
+      object.__setattr__(self, "bandpass_hz", tuple(self.bandpass_hz))
     if self.crop not in ("start", "center"):
       raise ValueError(f"crop must be 'start' or 'center', got {self.crop!r}")
     if self.sample_rate <= 0 or self.duration_s <= 0:
@@ -105,6 +111,15 @@ def to_canonical_leads(signal: np.ndarray, lead_names) -> tuple[np.ndarray, np.n
   return out, mask
 
 
+def drop_dead_leads(signal: np.ndarray, lead_mask: np.ndarray) -> np.ndarray:
+  """Leads with no finite sample at all (a disconnected lead) count as missing: the mask
+  is returned without them, so they become zeros instead of failing the NaN cap."""
+  dead = lead_mask & ~np.isfinite(signal).any(axis=0)
+  if not (lead_mask & ~dead).any():
+    raise SkipRecord("too_many_nonfinite", "no lead has a finite sample")
+  return lead_mask & ~dead
+
+
 def repair_nonfinite(signal: np.ndarray, lead_mask: np.ndarray,
                      max_fraction: float) -> tuple[np.ndarray, int]:
   """NaN/Inf -> mean of the finite samples within +-NONFINITE_WINDOW (0 if there are none)."""
@@ -144,7 +159,7 @@ def bad_leads(signal_uv: np.ndarray, lead_mask: np.ndarray, flat_uv: float,
 
 def resample(signal: np.ndarray, fs_in: float, fs_out: int) -> np.ndarray:
   """Polyphase resampling along time (scipy's Kaiser-windowed anti-aliasing filter)."""
-  if fs_in <= 0:
+  if not np.isfinite(fs_in) or fs_in <= 0:
     raise SkipRecord("missing_metadata", f"sampling rate {fs_in}")
   ratio = fractions.Fraction(fs_out) / fractions.Fraction(fs_in).limit_denominator(1000)
   if ratio == 1:
@@ -175,22 +190,30 @@ def fit_length(signal: np.ndarray, spec: SignalSpec) -> tuple[np.ndarray, int]:
   if n >= target:
     start = 0 if spec.crop == "start" else (n - target) // 2
     return signal[start:start + target], 0
-  if n < spec.min_samples:
-    raise SkipRecord("wrong_duration",
-                     f"{n / spec.sample_rate:.2f} s < {spec.min_samples / spec.sample_rate:.2f} s")
+  _check_min_length(n, spec)
   return np.pad(signal, ((0, target - n), (0, 0))), target - n
 
 
+def _check_min_length(n: int, spec: SignalSpec) -> None:
+  if n < spec.min_samples:
+    raise SkipRecord("wrong_duration",
+                     f"{n / spec.sample_rate:.2f} s < {spec.min_samples / spec.sample_rate:.2f} s")
+
+
 def quantize_uv(signal_mv: np.ndarray) -> tuple[np.ndarray, int]:
-  """Millivolts -> int16 microvolts; returns the samples clipped to the int16 range."""
+  """Millivolts -> int16 microvolts; returns the samples clipped to +-32767 µV (symmetric, so
+  every sample counted as clipped is changed, and only those)."""
   uv = np.rint(signal_mv * 1000.0)
   clipped = int(np.sum(np.abs(uv) > INT16_MAX_UV))
-  return np.clip(uv, -INT16_MAX_UV - 1, INT16_MAX_UV).astype(np.int16), clipped
+  return np.clip(uv, -INT16_MAX_UV, INT16_MAX_UV).astype(np.int16), clipped
 
 
 def prepare(signal_mv: np.ndarray, fs: float, lead_names, spec: SignalSpec) -> PreparedSignal:
   """A raw [T, C] millivolt record -> the data contract's int16 [T, 12] µV and lead mask."""
   signal, mask = to_canonical_leads(signal_mv, lead_names)
+  if signal.shape[0] == 0:
+    raise SkipRecord("wrong_duration", "no samples")
+  mask = drop_dead_leads(signal, mask)
   signal, repaired = repair_nonfinite(signal, mask, spec.max_nonfinite_fraction)
   flat, saturated = bad_leads(signal * 1000.0, mask, spec.flat_uv, spec.saturated_fraction)
   if len(flat) > spec.max_flat_leads:
@@ -198,6 +221,7 @@ def prepare(signal_mv: np.ndarray, fs: float, lead_names, spec: SignalSpec) -> P
   if len(saturated) > spec.max_saturated_leads:
     raise SkipRecord("saturated_leads", f"saturated: {', '.join(saturated)}")
   signal = resample(signal, fs, spec.sample_rate)
+  _check_min_length(signal.shape[0], spec)  # before filtering, which needs a few dozen samples
   if spec.bandpass_hz is not None:
     signal = bandpass(signal, spec.sample_rate, *spec.bandpass_hz)
   signal, padded = fit_length(signal, spec)

@@ -50,6 +50,9 @@ def summarize(seen: int, skips: list[tuple[str, str, str]]) -> dict:
   """One split's report from the number of records seen and its (id, reason, detail) skips."""
   by_reason = collections.defaultdict(list)
   for record_id, reason, detail in skips:
+    if reason not in REASONS:
+      raise ValueError(f"unknown skip reason {reason!r} for {record_id!r}; known: "
+                       f"{sorted(REASONS)}")
     by_reason[reason].append((record_id, detail))
   reasons = {}
   for reason, items in sorted(by_reason.items()):
@@ -92,4 +95,7 @@ def format_summary(report: dict) -> str:
   for reason, count in report["skipped_by_reason"].items():
     examples = ", ".join(sorted(first_ids[reason])[:3])
     lines.append(f"  {count:>7} {reason} ({REASONS[reason]}), e.g. {examples}")
+  if report.get("omitted_splits"):
+    lines.append(f"  every record skipped, split not written: "
+                 f"{', '.join(report['omitted_splits'])}")
   return "\n".join(lines)

@@ -3,4 +3,4 @@
 from tfds_builders import build_cli
 
 if __name__ == "__main__":
-  build_cli.main(__file__)
+  build_cli.main(__package__)

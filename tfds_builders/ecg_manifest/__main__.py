@@ -1,0 +1,6 @@
+"""`python -m tfds_builders.ecg_manifest [tfds build flags]` (see build_cli)."""
+
+from tfds_builders import build_cli
+
+if __name__ == "__main__":
+  build_cli.main(__package__)
