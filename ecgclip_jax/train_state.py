@@ -37,11 +37,16 @@ def text_encoder_dir(config: ml_collections.ConfigDict) -> str:
   return config.text.encoder_dir or hf_import.default_text_encoder_dir()
 
 
-def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> clip.ECGCLIP:
-  """The two-tower model with randomly initialized weights (structure from the config)."""
-  ecg_config = resnet1d.ResNet1DConfig(
+def ecg_encoder_config(config: ml_collections.ConfigDict) -> resnet1d.ResNet1DConfig:
+  """The ECG tower's structure; downstream jobs rebuild the tower alone from it."""
+  return resnet1d.ResNet1DConfig(
       arch=config.ecg.arch, width_multiplier=config.ecg.width_multiplier,
       pooling=config.ecg.pooling, num_samples=config.data.num_samples, dtype=config.model.dtype)
+
+
+def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> clip.ECGCLIP:
+  """The two-tower model with randomly initialized weights (structure from the config)."""
+  ecg_config = ecg_encoder_config(config)
   text_config = bert_lib.BertConfig.from_hf_dir(text_encoder_dir(config))
   text_encoder = bert_lib.BertEncoder(text_config, dtype=config.model.dtype, rngs=rngs)
   return clip.ECGCLIP(
