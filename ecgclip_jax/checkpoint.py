@@ -49,6 +49,13 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
   return restored["state"], restored["config"]
 
 
+def restore_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:
+  """The resolved config a checkpoint was trained with: downstream jobs rebuild the model
+  from it, so they need no config file of their own."""
+  restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+  return ml_collections.ConfigDict(restored["config"])
+
+
 def resolve_step(manager: ocp.CheckpointManager, step: int | None) -> int:
   """The requested step, or the latest; a clear error when there is none."""
   available = manager.all_steps()

@@ -1,8 +1,10 @@
 """Evaluation job: restore a checkpoint, embed the test split, score zero-shot and retrieval.
 
     python -m ecgclip_jax.evaluate --config configs/demo.py --workdir DIR [--step N]
+    python -m ecgclip_jax.evaluate --config configs/demo.py --workdir DIR --watch
 
-Writes `DIR/eval/<step>/metrics.json` and prints a per-label table.
+Writes `DIR/eval/<step>/metrics.json` and prints a per-label table; with --watch, for every
+checkpoint as training writes it.
 """
 
 from __future__ import annotations
@@ -30,29 +32,31 @@ def _gather(array: jax.Array) -> np.ndarray:
 
 
 class Embedder:
-  """Jitted, sharded embedding passes for one set of weights."""
+  """Jitted, sharded passes over a split for one set of weights (`tokenizer` None: no text)."""
 
-  def __init__(self, trainer: train_state.Trainer, params, model_state, mesh, tokenizer):
+  def __init__(self, trainer: train_state.Trainer, params, model_state, mesh, tokenizer=None):
     self.mesh, self.tokenizer, self.config = mesh, tokenizer, trainer.config
     self._weights = (params, model_state)
     self._ecg = jax.jit(trainer.embed_ecg)
     self._text = jax.jit(trainer.embed_text)
+    self._features = jax.jit(trainer.ecg_features)
 
-  def embed_split(self, source) -> dict[str, np.ndarray]:
-    """ECG and report embeddings and labels of every record, each exactly once."""
+  def _pass(self, source, outputs, label_feature: str = "labels") -> dict[str, np.ndarray]:
+    """`outputs` (name -> fn(batch)) and labels of every record, each exactly once, in
+    source order."""
     c = self.config
     per_process = parallel.check_batch_size(c.eval.batch_size, self.mesh)
     batches = pipeline.make_eval_batches(
         source, tokenizer=self.tokenizer, max_text_length=c.text.max_length,
         normalization=c.data.normalization, per_process_batch_size=per_process,
-        process_index=jax.process_index(), process_count=jax.process_count())
-    keep = ("ecg", "input_ids", "attention_mask", "labels", "mask", "index")
-    parts = {"ecg_emb": [], "text_emb": [], "labels": [], "mask": [], "index": []}
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        label_feature=label_feature)
+    parts = {name: [] for name in (*outputs, "labels", "mask", "index")}
     for local in batches:
-      batch = parallel.global_batch({k: local[k] for k in keep}, self.mesh)
-      parts["ecg_emb"].append(_gather(self._ecg(*self._weights, batch["ecg"])))
-      parts["text_emb"].append(_gather(self._text(*self._weights, batch["input_ids"],
-                                                  batch["attention_mask"])))
+      batch = parallel.global_batch({k: v for k, v in local.items() if k != "lead_mask"},
+                                    self.mesh)
+      for name, fn in outputs.items():
+        parts[name].append(_gather(fn(batch)))
       for name in ("labels", "mask", "index"):
         parts[name].append(_gather(batch[name]))
     out = {name: np.concatenate(values) for name, values in parts.items()}
@@ -60,6 +64,18 @@ class Embedder:
     out = {name: values[real] for name, values in out.items()}
     order = np.argsort(out.pop("index"))
     return {name: values[order] for name, values in out.items()}
+
+  def embed_split(self, source) -> dict[str, np.ndarray]:
+    """ECG and report embeddings and labels: zero-shot and retrieval."""
+    return self._pass(source, {
+        "ecg_emb": lambda b: self._ecg(*self._weights, b["ecg"]),
+        "text_emb": lambda b: self._text(*self._weights, b["input_ids"], b["attention_mask"]),
+    })
+
+  def ecg_features(self, source, label_feature: str = "labels") -> dict[str, np.ndarray]:
+    """Pooled ECG-tower features and the `label_feature` labels: linear probes."""
+    return self._pass(source, {"features": lambda b: self._features(*self._weights, b["ecg"])},
+                      label_feature)
 
   def embed_texts(self, texts: list[str]) -> np.ndarray:
     """Prompt embeddings; prompts are few, so they run unsharded."""
@@ -114,6 +130,12 @@ def format_table(results: dict) -> str:
   return "\n".join(lines)
 
 
+def _restore_weights(manager, step: int, trainer: train_state.Trainer, mesh):
+  state, _ = checkpoint.restore(manager, step, trainer.abstract_state(parallel.replicated(mesh)))
+  print(f"restored checkpoint step {step} from {manager.directory}", flush=True)
+  return state.params, state.model_state
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         step: int | None = None) -> dict:
   validate_config(config)
@@ -121,15 +143,55 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   trainer = train_state.Trainer(config)
   manager = checkpoint.make_manager(workdir, read_only=True)
   step = checkpoint.resolve_step(manager, step)
-  state, _ = checkpoint.restore(manager, step, trainer.abstract_state(parallel.replicated(mesh)))
-  print(f"restored checkpoint step {step} from {manager.directory}", flush=True)
-  return run_evaluation(config, workdir, step, trainer, state.params, state.model_state, mesh)
+  return run_evaluation(config, workdir, step, trainer,
+                        *_restore_weights(manager, step, trainer, mesh), mesh)
+
+
+def watch(config: ml_collections.ConfigDict, workdir: str, poll_seconds: float = 60,
+          idle_timeout: float = 3 * 3600) -> list[int]:
+  """Evaluates each checkpoint as it lands, as a job beside training (pods run it on its own
+  hosts): one `eval/<step>/` per step, steps already evaluated are skipped, so a restarted
+  watcher picks up where it stopped. Returns once `config.total_steps` is evaluated, or when
+  no new checkpoint has landed for `idle_timeout` seconds."""
+  validate_config(config)
+  mesh = parallel.make_mesh(config.mesh)
+  trainer = train_state.Trainer(config)
+  directory = checkpoint.checkpoint_dir(workdir)
+  evaluated, last_news = [], time.time()
+  print(f"watching {directory} (every {poll_seconds:g} s; stops after step "
+        f"{config.total_steps} or {idle_timeout:g} s without a new checkpoint)", flush=True)
+  manager = None
+  while True:
+    if manager is None and os.path.isdir(directory):
+      manager = checkpoint.make_manager(workdir, read_only=True)
+    if manager is not None:
+      manager.reload()
+      for step in sorted(manager.all_steps()):
+        if os.path.exists(os.path.join(workdir, "eval", str(step), "metrics.json")):
+          continue
+        run_evaluation(config, workdir, step, trainer,
+                       *_restore_weights(manager, step, trainer, mesh), mesh)
+        evaluated.append(step)
+        last_news = time.time()
+      if config.total_steps in manager.all_steps():
+        return evaluated
+    if time.time() - last_news > idle_timeout:
+      print(f"no new checkpoint for {idle_timeout:g} s: stopping", flush=True)
+      return evaluated
+    time.sleep(poll_seconds)
 
 
 def main():
   config, workdir = cli.define_config_and_workdir("Training workdir holding checkpoints/.")
   step = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-  cli.run(lambda: evaluate_checkpoint(config.value, workdir.value, step.value))
+  watch_flag = flags.DEFINE_bool(
+      "watch", False, "Evaluate every checkpoint as it lands, until the final step.")
+  poll = flags.DEFINE_float("poll_seconds", 60, "With --watch: seconds between looks.")
+  idle = flags.DEFINE_float("idle_timeout", 3 * 3600,
+                            "With --watch: stop after this many seconds without a checkpoint.")
+  cli.run(lambda: (watch(config.value, workdir.value, poll.value, idle.value)
+                   if watch_flag.value else
+                   evaluate_checkpoint(config.value, workdir.value, step.value)))
 
 
 if __name__ == "__main__":

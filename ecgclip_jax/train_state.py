@@ -187,6 +187,10 @@ class Trainer:
   def embed_ecg(self, params: Params, model_state: Params, ecg: jax.Array) -> jax.Array:
     return self.model(params, model_state).encode_ecg(ecg, train=False)
 
+  def ecg_features(self, params: Params, model_state: Params, ecg: jax.Array) -> jax.Array:
+    """The ECG tower's pooled features before the projection: what linear probes read."""
+    return self.model(params, model_state).ecg_encoder(ecg, train=False)
+
   def embed_text(self, params: Params, model_state: Params, input_ids: jax.Array,
                  attention_mask: jax.Array) -> jax.Array:
     return self.model(params, model_state).encode_text(input_ids, attention_mask)

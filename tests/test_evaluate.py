@@ -30,9 +30,19 @@ def test_evaluate_a_tiny_checkpoint(tiny_config, tmp_path, capsys):
   assert "macro (zero-shot)" in capsys.readouterr().out
 
 
-def test_missing_step_is_a_clear_error(tiny_config, tmp_path):
+def test_watch_evaluates_each_checkpoint_once_and_missing_step_is_a_clear_error(
+    tiny_config, tmp_path, capsys):
   tiny_config.eval.at_end_of_training = False
-  tiny_config.total_steps = 2
+  tiny_config.total_steps = 4  # checkpoints at steps 2 and 4
+  assert evaluate.watch(tiny_config, str(tmp_path), poll_seconds=0.01, idle_timeout=0.05) == []
+  assert "no new checkpoint" in capsys.readouterr().out  # nothing to watch yet: gives up
+
   train.train_and_evaluate(tiny_config, str(tmp_path))
-  with pytest.raises(FileNotFoundError, match=r"no checkpoint for step 7 .* available steps: \[2\]"):
+  assert evaluate.watch(tiny_config, str(tmp_path), poll_seconds=0.01) == [2, 4]
+  for step in (2, 4):
+    assert json.loads((tmp_path / "eval" / str(step) / "metrics.json").read_text())["step"] == step
+  # A restarted watcher finds everything evaluated and the final step present: returns at once.
+  assert evaluate.watch(tiny_config, str(tmp_path), poll_seconds=0.01) == []
+
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint for step 7 .* available steps: \[2, 4\]"):
     evaluate.evaluate_checkpoint(tiny_config, str(tmp_path), step=7)

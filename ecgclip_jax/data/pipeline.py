@@ -9,7 +9,7 @@ eval, so the two can never disagree on normalization or tokenization.
 import copy
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -45,7 +45,10 @@ class RecordTransform(grain.transforms.Map):
   DataLoader can ship it to worker processes.
   """
 
-  def __init__(self, tokenizer, max_text_length: int, normalization: str):
+  def __init__(self, tokenizer, max_text_length: int, normalization: str,
+               label_feature: str = "labels"):
+    """`tokenizer` None: ECG-only examples (downstream jobs); `label_feature` picks one of
+    the dataset's label sets (e.g. PTB-XL's `labels_superdiagnostic`) as `labels`."""
     check_normalization(normalization)  # Fail at build time, not in a worker.
     # A private copy: HF fast tokenizers keep padding/truncation as mutable
     # state, so a tokenizer shared with other code could change our lengths
@@ -53,15 +56,18 @@ class RecordTransform(grain.transforms.Map):
     self.tokenizer = copy.deepcopy(tokenizer)
     self.max_text_length = max_text_length
     self.normalization = normalization
+    self.label_feature = label_feature
 
   def map(self, record: dict[str, Any]) -> dict[str, np.ndarray]:
     lead_mask = np.asarray(record["lead_mask"], dtype=bool)
-    return {
+    example = {
         "ecg": normalize_ecg(record["ecg"], lead_mask, self.normalization),
         "lead_mask": lead_mask,
-        **tokenize_report(self.tokenizer, record["report"], self.max_text_length),
-        "labels": np.asarray(record["labels"], dtype=bool),
+        "labels": np.asarray(record[self.label_feature], dtype=bool),
     }
+    if self.tokenizer is not None:
+      example.update(tokenize_report(self.tokenizer, record["report"], self.max_text_length))
+    return example
 
 
 # ----------------------------------------------------------------- training
@@ -156,13 +162,15 @@ def make_eval_batches(
     per_process_batch_size: int,
     process_index: int,
     process_count: int,
+    label_feature: str = "labels",
 ) -> Iterator[dict[str, np.ndarray]]:
   """Yields this process's evaluation batches, in source order, each once.
 
   Process p takes the contiguous slice [p*k, min((p+1)*k, N)) with
   k = ceil(N / process_count). Slots past the slice are filled with record 0 so
   shapes stay static, and every process yields `num_eval_batches(...)` batches
-  so multi-host global batches line up. Batches are the training dict plus
+  so multi-host global batches line up (`tokenizer` None: no text). Batches are the
+  training dict plus
   `mask` bool [b] (True = real example) and `index` int64 [b] (source index,
   -1 for padding).
   """
@@ -170,7 +178,7 @@ def make_eval_batches(
   per_process = math.ceil(n / process_count)
   start = min(process_index * per_process, n)
   stop = min(start + per_process, n)
-  transform = RecordTransform(tokenizer, max_text_length, normalization)
+  transform = RecordTransform(tokenizer, max_text_length, normalization, label_feature)
 
   def read(position: int) -> tuple[int, dict[str, Any]]:
     index = start + position
@@ -189,3 +197,46 @@ def make_eval_batches(
   # the consuming thread (the tokenizer is not safe to share across threads).
   reads = grain.MapDataset.range(num_slots).map(read).to_iter_dataset()
   return iter(reads.map(to_example).batch(per_process_batch_size))
+
+
+# ------------------------------------------- ECG-only (supervised downstream)
+
+
+def make_ecg_epoch_batches(
+    source: Sequence[dict[str, Any]],
+    indices: Sequence[int],
+    *,
+    columns: Mapping[str, np.ndarray],
+    normalization: str,
+    global_batch_size: int,
+    seed: int,
+    epoch: int,
+    process_index: int,
+    process_count: int,
+) -> Iterator[dict[str, np.ndarray]]:
+  """Yields this process's batches for one epoch over `source[indices]`.
+
+  Batches hold `ecg` float32 [b, T, 12] and, for each `columns` entry (an array
+  aligned with source indices, e.g. labels read from a task file), the rows of
+  the batch's records. The order is a grain shuffle of `indices` with `seed`,
+  different every `epoch`; the last incomplete global batch is dropped. Process
+  p takes every process_count-th record of that order, so global batch i holds
+  the same records whatever the number of processes (b = global / processes).
+  """
+  check_normalization(normalization)
+  if global_batch_size % process_count:
+    raise ValueError(
+        f"global batch {global_batch_size} does not split over {process_count} processes."
+    )
+  n = len(indices)
+  used = n // global_batch_size * global_batch_size
+
+  def read(index: int) -> dict[str, np.ndarray]:
+    record = source[index]
+    ecg = normalize_ecg(record["ecg"], record["lead_mask"], normalization)
+    return {"ecg": ecg, **{name: column[index] for name, column in columns.items()}}
+
+  order = grain.MapDataset.source(np.asarray(indices)).shuffle(seed=seed).repeat()
+  order = order[epoch * n : epoch * n + used][process_index::process_count]
+  per_process = global_batch_size // process_count
+  return iter(order.map(read).to_iter_dataset().batch(per_process, drop_remainder=True))
