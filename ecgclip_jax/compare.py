@@ -1,0 +1,76 @@
+"""Puts the downstream results of several runs side by side in one markdown table.
+
+    python -m ecgclip_jax.compare RUN_DIR [RUN_DIR ...] [--out comparison.md] \\
+        [--metric prauc|auroc] [--per_task]
+
+Each RUN_DIR holds a results.csv written by `python -m ecgclip_jax.probe`. Lines are (method,
+task), macro first (only macro without --per_task); columns are run x label fraction, e.g.
+"pretrained step 600 1%", "random init 100%"; cells "0.812 [0.790, 0.830]" (95% bootstrap CI).
+A run name found in two folders is prefixed with its folder's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+
+from ecgclip_jax.cli import USER_ERRORS
+from ecgclip_jax.evaluators import results
+
+
+def load_runs(run_dirs: list[str]) -> list[dict]:
+  """Every row of every folder, with `run` made unique across folders."""
+  per_dir = []
+  for run_dir in run_dirs:
+    path = os.path.join(run_dir, "results.csv")
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"no results.csv in {run_dir} (expected the output folder of "
+                              "python -m ecgclip_jax.probe)")
+    per_dir.append(results.read_results(path))
+  folders_of = collections.defaultdict(set)
+  for run_dir, rows in zip(run_dirs, per_dir):
+    for row in rows:
+      folders_of[row["run"]].add(run_dir)
+  merged = []
+  for run_dir, rows in zip(run_dirs, per_dir):
+    folder = os.path.basename(os.path.normpath(run_dir))
+    for row in rows:
+      if len(folders_of[row["run"]]) > 1:
+        row = {**row, "run": f"{folder}: {row['run']}"}
+      merged.append(row)
+  return merged
+
+
+def comparison(run_dirs: list[str], metric: str = "prauc", per_task: bool = False) -> str:
+  rows = load_runs(run_dirs)
+  if not per_task:
+    rows = [r for r in rows if r["task"] == results.MACRO]
+  return (f"{metric.upper()} (95% bootstrap CI) of {len(run_dirs)} result folders\n\n"
+          + results.pivot_table(rows, metric, counts=per_task))
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m ecgclip_jax.compare",
+                                   description="Downstream results of several runs side by side.")
+  parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                      help="folders holding results.csv")
+  parser.add_argument("--out", help="also write the table to this markdown file")
+  parser.add_argument("--metric", choices=("prauc", "auroc"), default="prauc")
+  parser.add_argument("--per_task", action="store_true", help="every task, not only macro")
+  args = parser.parse_args(argv)
+  try:
+    table = comparison(args.run_dirs, args.metric, args.per_task)
+    if args.out:
+      with open(args.out, "w", encoding="utf-8") as f:
+        f.write(table + "\n")
+  except USER_ERRORS as e:
+    sys.exit(f"error: {e}")
+  print(table)
+  if args.out:
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()

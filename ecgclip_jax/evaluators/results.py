@@ -1,0 +1,173 @@
+"""Downstream results as flat rows, one per (run, method, label fraction, task): written as
+results.csv (for tools), results.md (for people) and meta.json, and read back by
+`python -m ecgclip_jax.compare` to put several runs side by side."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+FIELDS = ("run", "method", "fraction", "seeds", "task", "n", "positives", "prevalence",
+          "prauc", "prauc_lo", "prauc_hi", "prauc_std", "auroc", "auroc_lo", "auroc_hi",
+          "auroc_std", "n_bootstrap_used", "status")
+INT_FIELDS = frozenset({"seeds", "n", "positives", "n_bootstrap_used"})
+FLOAT_FIELDS = frozenset({"fraction", "prevalence", "prauc", "prauc_lo", "prauc_hi", "prauc_std",
+                          "auroc", "auroc_lo", "auroc_hi", "auroc_std"})
+MACRO = "macro"
+METHOD_ORDER = ("zero_shot", "linear_probe", "finetune")
+MISSING = "–"  # a cell with no result: that run did not run that method at that fraction
+
+
+def rows_from_metrics(metrics: dict, run: str, method: str, fraction: float,
+                      seeds: int) -> list[dict]:
+  """`metrics.task_metrics` output as rows: the macro row (task "macro"), the scored tasks,
+  then the tasks with too few positives (status "too_few_positives", metrics None)."""
+  base = {"run": run, "method": method, "fraction": float(fraction), "seeds": int(seeds)}
+  rows = []
+  for task, m in [(MACRO, {**metrics["macro"], "n": metrics["n"]}), *metrics["tasks"].items()]:
+    row = {**base, "task": task, "n": m["n"], "positives": m.get("positives"),
+           "prevalence": m.get("prevalence"), "n_bootstrap_used": m["n_bootstrap_used"],
+           "status": "ok" if m["prauc"] is not None else "too_few_positives"}  # macro of none
+    for key in ("prauc", "auroc"):
+      ci = m[f"{key}_ci"] or (None, None)
+      row.update({key: m[key], f"{key}_lo": ci[0], f"{key}_hi": ci[1],
+                  f"{key}_std": m[f"{key}_std"]})
+    rows.append(row)
+  for task, m in metrics["too_few_positives"].items():
+    prevalence = m["positives"] / m["n"] if m["n"] else None
+    rows.append({**{f: None for f in FIELDS}, **base, "task": task, "n": m["n"],
+                 "positives": m["positives"], "prevalence": prevalence,
+                 "status": "too_few_positives"})
+  return rows
+
+
+def write_csv(path: str, rows: list[dict]) -> None:
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({k: "" if row.get(k) is None else row[k] for k in FIELDS})
+
+
+def read_results(path: str) -> list[dict]:
+  """results.csv back as rows with their types (empty cells: None)."""
+  with open(path, newline="", encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+  for row in rows:
+    for key, value in row.items():
+      if value == "":
+        row[key] = None
+      elif key in INT_FIELDS:
+        row[key] = int(value)
+      elif key in FLOAT_FIELDS:
+        row[key] = float(value)
+  return rows
+
+
+def format_fraction(fraction: float) -> str:
+  return f"{fraction * 100:g}%"
+
+
+def format_cell(row: dict | None, metric: str = "prauc") -> str:
+  """"0.812 [0.790, 0.830]"; the counts for an unscored task; "–" where nothing ran."""
+  if row is None:
+    return MISSING
+  if row["status"] != "ok":
+    return "n/a" if row["positives"] is None else f"n/a ({row['positives']} pos. of {row['n']})"
+  if row[metric] is None:
+    return MISSING
+  ci = (f" [{row[f'{metric}_lo']:.3f}, {row[f'{metric}_hi']:.3f}]"
+        if row[f"{metric}_lo"] is not None else "")
+  return f"{row[metric]:.3f}{ci}"
+
+
+def _ordered(values, order=()):
+  """Distinct values in a known order first, the rest in order of first appearance."""
+  seen = list(dict.fromkeys(values))
+  return [v for v in order if v in seen] + [v for v in seen if v not in order]
+
+
+def task_order(rows: list[dict]) -> list[str]:
+  """The macro row first, then tasks in the order they first appear."""
+  return _ordered((row["task"] for row in rows), (MACRO,))
+
+
+def method_order(rows: list[dict]) -> list[str]:
+  return _ordered((row["method"] for row in rows), METHOD_ORDER)
+
+
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(cells) + " |" for cells in body]
+  return "\n".join(lines)
+
+
+def pivot_table(rows: list[dict], metric: str = "prauc", *, counts: bool = True) -> str:
+  """Markdown: one line per (method, task), macro first and bold; one column per (run,
+  fraction), runs in order of appearance, fractions ascending; the run name is left out of
+  the column labels when there is one run, the method column when there is one method.
+  `counts` adds the test examples and positives (from the first run with that task)."""
+  runs, methods = _ordered(r["run"] for r in rows), method_order(rows)
+  columns = sorted({(runs.index(r["run"]), r["fraction"]) for r in rows})
+  by_key = {(r["method"], r["task"], r["run"], r["fraction"]): r for r in rows}
+  header = (["method"] if len(methods) > 1 else []) + ["task"] + (["n", "pos."] if counts else [])
+  header += [format_fraction(f) if len(runs) == 1 else f"{runs[i]} {format_fraction(f)}"
+             for i, f in columns]
+  body = []
+  for method in methods:
+    of_method = [r for r in rows if r["method"] == method]
+    for task in task_order(of_method):
+      first = next(r for r in of_method if r["task"] == task)
+      cells = [format_cell(by_key.get((method, task, runs[i], f)), metric) for i, f in columns]
+      name = task
+      if task == MACRO:
+        cells, name = [f"**{c}**" if c != MISSING else c for c in cells], f"**{MACRO}**"
+      line = ([method] if len(methods) > 1 else []) + [name]
+      if counts:
+        line += [str(first["n"]), "" if first["positives"] is None else str(first["positives"])]
+      body.append(line + cells)
+  return markdown_table(header, body)
+
+
+def format_markdown(rows: list[dict], meta: dict) -> str:
+  """A header from `meta` (task set, dataset, run/checkpoint, seeds, n_bootstrap; a task set
+  given as a dict is shown by its name), then a PRAUC and an AUROC table per method."""
+  describe = lambda value: value.get("name", value) if isinstance(value, dict) else value
+  lines = [f"# {describe(meta.get('task_set', 'downstream evaluation'))}", ""]
+  for key in ("task_set", "dataset", "run", "checkpoint", "seeds", "n_bootstrap"):
+    if key in meta:
+      lines.append(f"- {key}: {describe(meta[key])}")
+  lines += ["- cells: point estimate (mean over seeds) [95% bootstrap CI over test examples]; "
+            "macro: mean over the scored tasks", ""]
+  for method in method_order(rows):
+    for metric in ("prauc", "auroc"):
+      table = pivot_table([r for r in rows if r["method"] == method], metric)
+      lines += [f"## {method}: {metric.upper()}", "", table, ""]
+  return "\n".join(lines)
+
+
+def write_results(out_dir: str, rows: list[dict], meta: dict) -> None:
+  """results.csv (every row), results.md (a table per method and metric) and meta.json."""
+  os.makedirs(out_dir, exist_ok=True)
+  write_csv(os.path.join(out_dir, "results.csv"), rows)
+  with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
+    f.write(format_markdown(rows, meta))
+  with open(os.path.join(out_dir, "meta.json"), "w", encoding="utf-8") as f:
+    json.dump(meta, f, indent=2, default=str)
+    f.write("\n")
+
+
+def format_summary(rows: list[dict]) -> str:
+  """Macro PRAUC and AUROC with CIs per run, method and fraction, one line each."""
+  macro = [r for r in rows if r["task"] == MACRO]
+  width = max([len(r["run"]) for r in macro] + [3])
+  lines = [f"{'run':<{width}}  {'method':<12}  {'labels':>6}  {'tasks':>5}  "
+           f"{'macro PRAUC':<22}  macro AUROC"]
+  for method in method_order(macro):
+    for r in (r for r in macro if r["method"] == method):
+      scored = sum(1 for t in rows if t["status"] == "ok" and t["task"] != MACRO
+                   and (t["run"], t["method"], t["fraction"]) == (r["run"], method, r["fraction"]))
+      lines.append(f"{r['run']:<{width}}  {method:<12}  {format_fraction(r['fraction']):>6}  "
+                   f"{scored:>5}  {format_cell(r, 'prauc'):<22}  {format_cell(r, 'auroc')}")
+  return "\n".join(lines)
