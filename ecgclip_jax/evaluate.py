@@ -73,9 +73,12 @@ class Embedder:
     })
 
   def ecg_features(self, source, label_feature: str = "labels") -> dict[str, np.ndarray]:
-    """Pooled ECG-tower features and the `label_feature` labels: linear probes."""
-    return self._pass(source, {"features": lambda b: self._features(*self._weights, b["ecg"])},
-                      label_feature)
+    """Pooled ECG-tower features (linear probes), unit embeddings (zero-shot) and the
+    `label_feature` labels."""
+    return self._pass(source, {
+        "features": lambda b: self._features(*self._weights, b["ecg"]),
+        "ecg_emb": lambda b: self._ecg(*self._weights, b["ecg"]),
+    }, label_feature)
 
   def embed_texts(self, texts: list[str]) -> np.ndarray:
     """Prompt embeddings; prompts are few, so they run unsharded."""

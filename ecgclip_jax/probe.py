@@ -1,0 +1,319 @@
+"""Downstream evaluation job: linear probes and fine-tuning at label fractions, zero-shot,
+with bootstrap confidence intervals, for a pre-trained checkpoint or a random init.
+
+    python -m ecgclip_jax.probe --workdir workdirs/demo --tasks synthetic --out results/demo
+    python -m ecgclip_jax.probe --init random --config configs/demo.py --tasks synthetic \
+        --out results/demo_random
+
+A pre-trained run rebuilds its model from the config stored in its checkpoint (`--step`, or
+the latest); a random-init baseline builds the same architecture from `--config` with fresh
+weights, so every table can put them side by side (`python -m ecgclip_jax.compare`).
+`--tasks` names a task set (configs/tasks/<name>.json, or a path). Frozen-encoder features
+are computed once per split, sharded over all local devices, and cached under OUT/cache/.
+Writes OUT/results.csv, OUT/results.md and OUT/meta.json, and prints a one-screen summary.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import hashlib
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import flags
+
+from ecgclip_jax import checkpoint, cli, parallel, train_state
+from ecgclip_jax.config_defaults import validate_config
+from ecgclip_jax.data import sources
+from ecgclip_jax.evaluate import Embedder
+from ecgclip_jax.evaluators import (finetune, fractions, linear_probe, metrics, results, tasks,
+                                   zero_shot)
+from ecgclip_jax.models import hf_import
+
+METHODS = ("linear_probe", "finetune", "zero_shot")
+SPLITS = ("train", "validation", "test")
+
+
+@dataclasses.dataclass
+class Run:
+  """What is being evaluated: a model config, its weights, and a name for the tables."""
+
+  name: str
+  config: ml_collections.ConfigDict
+  params: dict
+  model_state: dict
+  pretrained: bool
+  identity: str  # keys the feature cache
+
+
+@dataclasses.dataclass
+class SplitData:
+  source: collections.abc.Sequence
+  labels: np.ndarray  # bool [N, T]
+  known: np.ndarray  # bool [N, T]
+  features: np.ndarray | None = None  # [N, D] frozen-encoder features
+  ecg_emb: np.ndarray | None = None  # [N, E] unit embeddings (zero-shot)
+
+
+class Subset(collections.abc.Sequence):
+  """The records of `source` at `indices` (task-file rows matched to dataset records)."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self.source, self.indices = source, np.asarray(indices)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    return self.source[int(self.indices[i])]
+
+
+def load_run(workdir: str | None, step: int | None, init: str,
+             config: ml_collections.ConfigDict | None) -> Run:
+  """The pre-trained checkpoint in `workdir`, or fresh weights for `config` (init='random')."""
+  if init == "random":
+    if config is None:
+      raise ValueError("--init random needs --config (the architecture to initialize)")
+    validate_config(config)
+    state = train_state.Trainer(config).init(jax.random.key(config.seed),
+                                             load_pretrained_text=False)
+    return Run(f"random init ({config.ecg.arch})", config, state.params, state.model_state,
+               pretrained=False, identity=f"random:{config.to_json()}")
+  if init != "pretrained":
+    raise ValueError(f"--init must be 'pretrained' or 'random', got {init!r}")
+  if not workdir:
+    raise ValueError("a pre-trained run needs --workdir (its checkpoints/ folder)")
+  manager = checkpoint.make_manager(workdir, read_only=True)
+  step = checkpoint.resolve_step(manager, step)
+  stored = checkpoint.restore_config(manager, step)
+  if config is not None:  # only evaluation-side keys may differ (batch size, mesh)
+    stored.eval.batch_size, stored.mesh = config.eval.batch_size, config.mesh
+  trainer = train_state.Trainer(stored)
+  state, _ = checkpoint.restore(manager, step,
+                                trainer.abstract_state(parallel.replicated(parallel.make_mesh(stored.mesh))))
+  print(f"restored checkpoint step {step} from {manager.directory}", flush=True)
+  return Run(f"pretrained ({os.path.basename(os.path.normpath(workdir))} step {step})", stored,
+             state.params, state.model_state, pretrained=True,
+             identity=f"{os.path.abspath(workdir)}@{step}")
+
+
+def open_task_data(task_set: tasks.TaskSet, config: ml_collections.ConfigDict,
+                   data_dir: str, manual_dir: str):
+  """The task set's dataset, checked against the model's input length."""
+  data = ml_collections.ConfigDict(config.data.to_dict())
+  data.name, data.builder_config = task_set.dataset, task_set.builder_config
+  data.num_patients = task_set.num_patients
+  data.data_dir = data_dir or config.data.data_dir
+  data.manual_dir = manual_dir
+  try:
+    dataset = sources.open_dataset(data)
+  except ValueError as e:
+    if "data.num_samples" in str(e):
+      raise ValueError(f"task set {task_set.name}: {e} (the model was trained on records of "
+                       f"{config.data.num_samples} samples; use a builder config of that "
+                       f"rate and duration)") from None
+    raise
+  return dataset
+
+
+def embed_cached(embedder: Embedder, source, label_feature: str, cache_file: str,
+                 key: str) -> dict[str, np.ndarray]:
+  """Frozen-encoder features, unit embeddings and labels of every record of `source`,
+  computed once and reused while `key` (run, dataset, split, tasks) is unchanged."""
+  if os.path.exists(cache_file):
+    with np.load(cache_file) as cached:
+      if str(cached["key"]) == key:
+        return {name: cached[name] for name in ("features", "ecg_emb", "labels")}
+  start = time.time()
+  out = embedder.ecg_features(source, label_feature)
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(cache_file), exist_ok=True)
+    np.savez(cache_file, key=np.asarray(key), **out)
+  print(f"  embedded {len(source)} records in {time.time() - start:.1f} s", flush=True)
+  return out
+
+
+def prepare_splits(task_set: tasks.TaskSet, dataset: sources.Dataset, embedder: Embedder,
+                   run: Run, out_dir: str) -> tuple[list[str], dict[str, SplitData]]:
+  """Task names, and per split role its source, features, labels and known-mask."""
+  full_name = dataset.builder.info.full_name
+  table = None
+  if task_set.task_file:
+    table = tasks.load_task_file(task_set.task_file, task_set.task_spec)
+    for line, problem in table.problems[:10]:
+      print(f"  task file line {line}: {problem}", flush=True)
+    if len(table.problems) > 10:
+      print(f"  ... {len(table.problems)} task-file problems in all", flush=True)
+    available = list(table.task_names)
+  else:
+    label_sets = dataset.builder.info.metadata.get("label_sets", {"labels": dataset.label_names})
+    if task_set.label_feature not in label_sets:
+      raise ValueError(f"{full_name} has no label set {task_set.label_feature!r}; "
+                       f"available: {sorted(label_sets)}")
+    available = list(label_sets[task_set.label_feature])
+  columns, names = task_set.select(available)
+  fingerprint = hashlib.sha256(json.dumps(dataclasses.asdict(task_set), sort_keys=True,
+                                          default=str).encode()).hexdigest()[:16]
+  splits = {}
+  for role, split in task_set.splits.items():
+    source = dataset.source(split)
+    if table is not None:
+      record_ids = [_text(source[i]["record_id"]) for i in range(len(source))]
+      indices, labels, known = tasks.join_task_table(table, record_ids, split=split)
+      source = Subset(source, indices)
+    print(f"{role}: {full_name} split {split!r}, {len(source)} records", flush=True)
+    key = f"{run.identity}|{full_name}|{split}|{fingerprint}"
+    out = embed_cached(embedder, source, task_set.label_feature if table is None else "labels",
+                       os.path.join(out_dir, "cache", f"{role}.npz"), key)
+    if table is None:
+      labels = out["labels"]
+      known = np.ones_like(labels, dtype=bool)
+    splits[role] = SplitData(source, labels[:, columns].astype(bool),
+                             known[:, columns].astype(bool), out["features"], out["ecg_emb"])
+  return names, splits
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+# ------------------------------------------------------------------------------- methods
+
+
+def zero_shot_rows(run: Run, embedder: Embedder, prompts_file: str, names: list[str],
+                   test: SplitData, task_set: tasks.TaskSet, n_bootstrap: int) -> list[dict]:
+  """Cosine scores against averaged label prompts; tasks without prompts are left out."""
+  prompts = zero_shot.load_prompts(prompts_file, names)
+  columns = [names.index(n) for n in prompts]
+  scores = test.ecg_emb @ zero_shot.class_embeddings(prompts, embedder.embed_texts).T
+  m = metrics.task_metrics(test.labels[:, columns], scores, list(prompts),
+                           known=test.known[:, columns], min_positives=task_set.min_positives,
+                           n_bootstrap=n_bootstrap, seed=0)
+  return results.rows_from_metrics(m, run.name, "zero_shot", 1.0, 1)
+
+
+def supervised_scores(method: str, run: Run, names: list[str], splits: dict[str, SplitData],
+                      fraction: float, seed: int, mesh, probe_config, finetune_config):
+  """Test-set scores of one method trained on one label fraction drawn with `seed`."""
+  train, val, test = splits["train"], splits["validation"], splits["test"]
+  indices = fractions.sample_fraction(train.labels, fraction, seed, known=train.known)
+  if method == "linear_probe":
+    probe = linear_probe.fit_linear_probe(
+        train.features[indices], train.labels[indices], val.features, val.labels,
+        dataclasses.replace(probe_config, seed=seed), train_known=train.known[indices],
+        val_known=val.known)
+    return probe.predict(test.features), len(indices)
+  init = None
+  if run.pretrained:
+    init = {"params": run.params["ecg_encoder"], "batch_stats": run.model_state["ecg_encoder"]}
+  tuned = finetune.finetune(
+      train_state.ecg_encoder_config(run.config), init, len(names), train.source, indices,
+      train.labels, val.source, val.labels, mesh,
+      dataclasses.replace(finetune_config, seed=seed,
+                          normalization=run.config.data.normalization),
+      train_known=train.known, val_known=val.known,
+      progress=lambda line: print(f"    {line}", flush=True))
+  return tuned.predict(test.source), len(indices)
+
+
+def run_probe(run: Run, task_set: tasks.TaskSet, out_dir: str, *, methods, label_fractions,
+              seeds: int, n_bootstrap: int, prompts: str, data_dir: str = "",
+              manual_dir: str = "", probe_config=None, finetune_config=None) -> list[dict]:
+  """Every method x label fraction x seed on the task set; writes and returns result rows."""
+  start = time.time()
+  unknown = sorted(set(methods) - set(METHODS))
+  if unknown:
+    raise ValueError(f"unknown method(s) {unknown}; choose from {METHODS}")
+  mesh = parallel.make_mesh(run.config.mesh)
+  dataset = open_task_data(task_set, run.config, data_dir, manual_dir)
+  tokenizer = hf_import.load_tokenizer(train_state.text_encoder_dir(run.config))
+  embedder = Embedder(train_state.Trainer(run.config), run.params, run.model_state, mesh,
+                      tokenizer)
+  names, splits = prepare_splits(task_set, dataset, embedder, run, out_dir)
+  probe_config = probe_config or linear_probe.LinearProbeConfig()
+  finetune_config = finetune_config or finetune.FinetuneConfig()
+  rows = []
+  for method in methods:
+    if method == "zero_shot":
+      if not prompts:
+        print("zero_shot: skipped (no --prompts file)", flush=True)
+      elif not run.pretrained:
+        print("zero_shot: skipped (a random init has no aligned text tower)", flush=True)
+      else:
+        rows += zero_shot_rows(run, embedder, prompts, names, splits["test"], task_set,
+                               n_bootstrap)
+      continue
+    for fraction in label_fractions:
+      scores = []
+      for seed in range(seeds):
+        t = time.time()
+        test_scores, n_train = supervised_scores(method, run, names, splits, fraction, seed,
+                                                 mesh, probe_config, finetune_config)
+        scores.append(test_scores)
+        print(f"{method} {fraction:.0%} seed {seed}: {n_train} training records, "
+              f"{time.time() - t:.1f} s", flush=True)
+      m = metrics.task_metrics(splits["test"].labels, np.stack(scores), names,
+                               known=splits["test"].known, min_positives=task_set.min_positives,
+                               n_bootstrap=n_bootstrap, seed=0)
+      new_rows = results.rows_from_metrics(m, run.name, method, fraction, seeds)
+      macro = next(r for r in new_rows if r["task"] == results.MACRO)
+      print(f"{method} {results.format_fraction(fraction)}: macro PRAUC "
+            f"{results.format_cell(macro, 'prauc')}, AUROC {results.format_cell(macro, 'auroc')}",
+            flush=True)
+      rows += new_rows
+  meta = {"run": run.name, "identity": run.identity, "task_set": dataclasses.asdict(task_set),
+          "dataset": dataset.builder.info.full_name, "methods": list(methods),
+          "fractions": list(label_fractions), "seeds": seeds, "n_bootstrap": n_bootstrap,
+          "splits": {role: len(s.source) for role, s in splits.items()},
+          "linear_probe": dataclasses.asdict(probe_config),
+          "finetune": dataclasses.asdict(finetune_config),
+          "seconds": round(time.time() - start, 1)}
+  if jax.process_index() == 0:
+    results.write_results(out_dir, rows, meta)
+    print(results.format_summary(rows), flush=True)
+    print(f"wrote {os.path.join(out_dir, 'results.csv')} and results.md", flush=True)
+  return rows
+
+
+def main():
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config = config_flags.DEFINE_config_file(
+      "config", None, "Model config (configs/*.py): required for --init random; with a "
+      "checkpoint only its eval.batch_size and mesh are used.", lock_config=True)
+  workdir = flags.DEFINE_string("workdir", None, "Pre-training workdir holding checkpoints/.")
+  step = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  init = flags.DEFINE_enum("init", "pretrained", ["pretrained", "random"], "Weights to start from.")
+  task_flag = flags.DEFINE_string("tasks", None, "Task set: a name under configs/tasks/ or a path.")
+  out = flags.DEFINE_string("out", None, "Output folder for results.csv / results.md.")
+  method_flag = flags.DEFINE_list("methods", ["linear_probe", "finetune", "zero_shot"],
+                                  f"Any of {METHODS}.")
+  fraction_flag = flags.DEFINE_list("fractions", ["0.01", "0.1", "1.0"], "Label fractions.")
+  seeds = flags.DEFINE_integer("seeds", 3, "Seeds (label subsets and initializations) per cell.")
+  n_bootstrap = flags.DEFINE_integer("n_bootstrap", 1000, "Bootstrap resamples for the CIs.")
+  prompts = flags.DEFINE_string("prompts", "", "Zero-shot prompt file (JSON: task -> prompts).")
+  data_dir = flags.DEFINE_string("data_dir", "", "TFDS data_dir of the task set's dataset.")
+  manual_dir = flags.DEFINE_string("manual_dir", "", "Download to build the dataset from.")
+  epochs = flags.DEFINE_integer("finetune_epochs", None, "Fine-tuning epochs (max, early stop).")
+  flags.mark_flags_as_required(["tasks", "out"])
+
+  def job():
+    run = load_run(workdir.value, step.value, init.value, config.value)
+    finetune_config = finetune.FinetuneConfig()
+    if epochs.value is not None:
+      finetune_config = dataclasses.replace(finetune_config, max_epochs=epochs.value)
+    run_probe(run, tasks.resolve_task_set(task_flag.value), out.value,
+              methods=method_flag.value, label_fractions=[float(f) for f in fraction_flag.value],
+              seeds=seeds.value, n_bootstrap=n_bootstrap.value, prompts=prompts.value,
+              data_dir=data_dir.value, manual_dir=manual_dir.value,
+              finetune_config=finetune_config)
+
+  cli.run(job)
+
+
+if __name__ == "__main__":
+  main()
