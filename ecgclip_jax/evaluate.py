@@ -31,6 +31,31 @@ def _gather(array: jax.Array) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
+def run_over_split(source, outputs, mesh, *, batch_size: int, normalization: str,
+                   tokenizer=None, max_text_length: int = 0,
+                   label_feature: str = "labels") -> dict[str, np.ndarray]:
+  """`outputs` (name -> jitted fn(global batch)) and the labels of every record of `source`,
+  each exactly once (padding masked), in source order, on every host."""
+  batches = pipeline.make_eval_batches(
+      source, tokenizer=tokenizer, max_text_length=max_text_length,
+      normalization=normalization,
+      per_process_batch_size=parallel.check_batch_size(batch_size, mesh),
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      label_feature=label_feature)
+  parts = {name: [] for name in (*outputs, "labels", "mask", "index")}
+  for local in batches:
+    batch = parallel.global_batch({k: v for k, v in local.items() if k != "lead_mask"}, mesh)
+    for name, fn in outputs.items():
+      parts[name].append(_gather(fn(batch)))
+    for name in ("labels", "mask", "index"):
+      parts[name].append(_gather(batch[name]))
+  out = {name: np.concatenate(values) for name, values in parts.items()}
+  real = out.pop("mask")
+  out = {name: values[real] for name, values in out.items()}
+  order = np.argsort(out.pop("index"))
+  return {name: values[order] for name, values in out.items()}
+
+
 class Embedder:
   """Jitted, sharded passes over a split for one set of weights (`tokenizer` None: no text)."""
 
@@ -42,28 +67,10 @@ class Embedder:
     self._features = jax.jit(trainer.ecg_features)
 
   def _pass(self, source, outputs, label_feature: str = "labels") -> dict[str, np.ndarray]:
-    """`outputs` (name -> fn(batch)) and labels of every record, each exactly once, in
-    source order."""
     c = self.config
-    per_process = parallel.check_batch_size(c.eval.batch_size, self.mesh)
-    batches = pipeline.make_eval_batches(
-        source, tokenizer=self.tokenizer, max_text_length=c.text.max_length,
-        normalization=c.data.normalization, per_process_batch_size=per_process,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        label_feature=label_feature)
-    parts = {name: [] for name in (*outputs, "labels", "mask", "index")}
-    for local in batches:
-      batch = parallel.global_batch({k: v for k, v in local.items() if k != "lead_mask"},
-                                    self.mesh)
-      for name, fn in outputs.items():
-        parts[name].append(_gather(fn(batch)))
-      for name in ("labels", "mask", "index"):
-        parts[name].append(_gather(batch[name]))
-    out = {name: np.concatenate(values) for name, values in parts.items()}
-    real = out.pop("mask")
-    out = {name: values[real] for name, values in out.items()}
-    order = np.argsort(out.pop("index"))
-    return {name: values[order] for name, values in out.items()}
+    return run_over_split(source, outputs, self.mesh, batch_size=c.eval.batch_size,
+                          normalization=c.data.normalization, tokenizer=self.tokenizer,
+                          max_text_length=c.text.max_length, label_feature=label_feature)
 
   def embed_split(self, source) -> dict[str, np.ndarray]:
     """ECG and report embeddings and labels: zero-shot and retrieval."""

@@ -28,10 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from ecgclip_jax import parallel, train_state
+from ecgclip_jax import evaluate, parallel, train_state
 from ecgclip_jax.data import pipeline
 from ecgclip_jax.evaluators.linear_probe import check_labels, masked_bce
 from ecgclip_jax.models import resnet1d
@@ -141,21 +140,10 @@ class Steps:
   def predict(self, params: Params, batch_stats: Params, source: Sequence[dict[str, Any]],
               normalization: str, eval_batch_size: int) -> np.ndarray:
     """Logits [len(source), T] of every record exactly once, in source order."""
-    batches = pipeline.make_eval_batches(
-        source, tokenizer=None, max_text_length=0, normalization=normalization,
-        per_process_batch_size=parallel.check_batch_size(eval_batch_size, self.mesh),
-        process_index=jax.process_index(), process_count=jax.process_count())
-    logits, index = [], []
-    for local in batches:
-      batch = parallel.global_batch({k: local[k] for k in ("ecg", "index")}, self.mesh)
-      logits.append(self.logits(params, batch_stats, batch["ecg"]))
-      index.append(batch["index"])
-    # Every process gets the whole split (as evaluate._gather does).
-    logits, index = (np.asarray(multihost_utils.process_allgather(jnp.concatenate(x), tiled=True))
-                     for x in (logits, index))
-    out = np.empty((len(source), logits.shape[1]), np.float32)
-    out[index[index >= 0]] = logits[index >= 0]  # padding slots have index -1
-    return out
+    out = evaluate.run_over_split(
+        source, {"logits": lambda batch: self.logits(params, batch_stats, batch["ecg"])},
+        self.mesh, batch_size=eval_batch_size, normalization=normalization)
+    return out["logits"].astype(np.float32)
 
 
 @functools.lru_cache(maxsize=8)
