@@ -40,13 +40,13 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator: A
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
-            data_iterator: Any | None = None) -> tuple[Any, dict]:
-  """Restores `state` onto the shardings of `abstract_state` (and the iterator in place)."""
-  items = {"state": ocp.args.StandardRestore(abstract_state), "config": ocp.args.JsonRestore()}
+            data_iterator: Any | None = None) -> Any:
+  """Restores `state` onto the shardings of `abstract_state` (and the iterator in place);
+  the stored config is read by `restore_config`."""
+  items = {"state": ocp.args.StandardRestore(abstract_state)}
   if data_iterator is not None:
     items["data_iterator"] = grain.checkpoint.CheckpointRestore(data_iterator)
-  restored = manager.restore(step, args=ocp.args.Composite(**items))
-  return restored["state"], restored["config"]
+  return manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
 
 def restore_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:

@@ -9,11 +9,13 @@ checkpoint as training writes it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import flags
@@ -43,13 +45,13 @@ def run_over_split(source, outputs, mesh, *, batch_size: int, normalization: str
       process_index=jax.process_index(), process_count=jax.process_count(),
       label_feature=label_feature)
   parts = {name: [] for name in (*outputs, "labels", "mask", "index")}
-  for local in batches:
+  for local in batches:  # outputs stay on device: the host never waits inside the loop
     batch = parallel.global_batch({k: v for k, v in local.items() if k != "lead_mask"}, mesh)
     for name, fn in outputs.items():
-      parts[name].append(_gather(fn(batch)))
+      parts[name].append(fn(batch))
     for name in ("labels", "mask", "index"):
-      parts[name].append(_gather(batch[name]))
-  out = {name: np.concatenate(values) for name, values in parts.items()}
+      parts[name].append(batch[name])
+  out = {name: _gather(jnp.concatenate(values)) for name, values in parts.items()}
   real = out.pop("mask")
   out = {name: values[real] for name, values in out.items()}
   order = np.argsort(out.pop("index"))
@@ -57,57 +59,63 @@ def run_over_split(source, outputs, mesh, *, batch_size: int, normalization: str
 
 
 class Embedder:
-  """Jitted, sharded passes over a split for one set of weights (`tokenizer` None: no text)."""
+  """Jitted, sharded passes over a split; built once per model and mesh, the weights
+  `(params, model_state)` are an argument, so new checkpoints reuse the compilations."""
 
-  def __init__(self, trainer: train_state.Trainer, params, model_state, mesh, tokenizer=None):
+  def __init__(self, trainer: train_state.Trainer, mesh, tokenizer=None):
     self.mesh, self.tokenizer, self.config = mesh, tokenizer, trainer.config
-    self._weights = (params, model_state)
     self._ecg = jax.jit(trainer.embed_ecg)
     self._text = jax.jit(trainer.embed_text)
     self._features = jax.jit(trainer.ecg_features)
 
-  def _pass(self, source, outputs, label_feature: str = "labels") -> dict[str, np.ndarray]:
+  def _pass(self, source, outputs, label_feature: str = "labels",
+            with_text: bool = False) -> dict[str, np.ndarray]:
     c = self.config
     return run_over_split(source, outputs, self.mesh, batch_size=c.eval.batch_size,
-                          normalization=c.data.normalization, tokenizer=self.tokenizer,
+                          normalization=c.data.normalization,
+                          tokenizer=self.tokenizer if with_text else None,
                           max_text_length=c.text.max_length, label_feature=label_feature)
 
-  def embed_split(self, source) -> dict[str, np.ndarray]:
+  def embed_split(self, weights, source) -> dict[str, np.ndarray]:
     """ECG and report embeddings and labels: zero-shot and retrieval."""
     return self._pass(source, {
-        "ecg_emb": lambda b: self._ecg(*self._weights, b["ecg"]),
-        "text_emb": lambda b: self._text(*self._weights, b["input_ids"], b["attention_mask"]),
-    })
+        "ecg_emb": lambda b: self._ecg(*weights, b["ecg"]),
+        "text_emb": lambda b: self._text(*weights, b["input_ids"], b["attention_mask"]),
+    }, with_text=True)
 
-  def ecg_features(self, source, label_feature: str = "labels") -> dict[str, np.ndarray]:
+  def ecg_features(self, weights, source, label_feature: str = "labels") -> dict[str, np.ndarray]:
     """Pooled ECG-tower features (linear probes), unit embeddings (zero-shot) and the
     `label_feature` labels."""
     return self._pass(source, {
-        "features": lambda b: self._features(*self._weights, b["ecg"]),
-        "ecg_emb": lambda b: self._ecg(*self._weights, b["ecg"]),
+        "features": lambda b: self._features(*weights, b["ecg"]),
+        "ecg_emb": lambda b: self._ecg(*weights, b["ecg"]),
     }, label_feature)
 
-  def embed_texts(self, texts: list[str]) -> np.ndarray:
+  def embed_texts(self, weights, texts: list[str]) -> np.ndarray:
     """Prompt embeddings; prompts are few, so they run unsharded."""
     tokens = self.tokenizer(texts, padding="max_length", truncation=True,
                             max_length=self.config.text.max_length, return_tensors="np")
-    return np.asarray(self._text(*self._weights, tokens["input_ids"].astype(np.int32),
+    return np.asarray(self._text(*weights, tokens["input_ids"].astype(np.int32),
                                  tokens["attention_mask"].astype(np.int32)))
 
 
+def make_embedder(config: ml_collections.ConfigDict, trainer: train_state.Trainer, mesh):
+  """The evaluation dataset and an `Embedder` with the config's tokenizer."""
+  tokenizer = hf_import.load_tokenizer(train_state.text_encoder_dir(config))
+  return sources.open_dataset(config.data), Embedder(trainer, mesh, tokenizer)
+
+
 def run_evaluation(config: ml_collections.ConfigDict, workdir: str, step: int,
-                   trainer: train_state.Trainer, params, model_state, mesh) -> dict:
+                   embedder: Embedder, dataset: sources.Dataset, weights) -> dict:
   """Scores one set of weights on `config.eval.split`; writes and prints the results."""
   start = time.time()
-  dataset = sources.open_dataset(config.data)
-  tokenizer = hf_import.load_tokenizer(train_state.text_encoder_dir(config))
-  embedder = Embedder(trainer, params, model_state, mesh, tokenizer)
-  split = embedder.embed_split(dataset.source(config.eval.split))
+  split = embedder.embed_split(weights, dataset.source(config.eval.split))
   results = {"step": step, "split": config.eval.split, "num_examples": len(split["labels"])}
   if config.eval.prompts:  # '' for corpora without labels (e.g. MIMIC-IV-ECG): retrieval only
     prompts = zero_shot.load_prompts(config.eval.prompts, dataset.label_names)
-    results["zero_shot"] = zero_shot.evaluate(split["ecg_emb"], split["labels"],
-                                              dataset.label_names, prompts, embedder.embed_texts)
+    results["zero_shot"] = zero_shot.evaluate(
+        split["ecg_emb"], split["labels"], dataset.label_names, prompts,
+        functools.partial(embedder.embed_texts, weights))
   results["retrieval"] = retrieval.evaluate(split["ecg_emb"], split["text_emb"])
   results["seconds"] = round(time.time() - start, 1)
   if jax.process_index() == 0:
@@ -140,8 +148,9 @@ def format_table(results: dict) -> str:
   return "\n".join(lines)
 
 
-def _restore_weights(manager, step: int, trainer: train_state.Trainer, mesh):
-  state, _ = checkpoint.restore(manager, step, trainer.abstract_state(parallel.replicated(mesh)))
+def restore_weights(manager, step: int, trainer: train_state.Trainer, mesh):
+  """`(params, model_state)` of checkpoint `step`, replicated over the mesh."""
+  state = checkpoint.restore(manager, step, trainer.abstract_state(parallel.replicated(mesh)))
   print(f"restored checkpoint step {step} from {manager.directory}", flush=True)
   return state.params, state.model_state
 
@@ -153,8 +162,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   trainer = train_state.Trainer(config)
   manager = checkpoint.make_manager(workdir, read_only=True)
   step = checkpoint.resolve_step(manager, step)
-  return run_evaluation(config, workdir, step, trainer,
-                        *_restore_weights(manager, step, trainer, mesh), mesh)
+  dataset, embedder = make_embedder(config, trainer, mesh)
+  return run_evaluation(config, workdir, step, embedder, dataset,
+                        restore_weights(manager, step, trainer, mesh))
 
 
 def watch(config: ml_collections.ConfigDict, workdir: str, poll_seconds: float = 60,
@@ -166,6 +176,7 @@ def watch(config: ml_collections.ConfigDict, workdir: str, poll_seconds: float =
   validate_config(config)
   mesh = parallel.make_mesh(config.mesh)
   trainer = train_state.Trainer(config)
+  dataset, embedder = make_embedder(config, trainer, mesh)
   directory = checkpoint.checkpoint_dir(workdir)
   evaluated, last_news = [], time.time()
   print(f"watching {directory} (every {poll_seconds:g} s; stops after step "
@@ -179,8 +190,8 @@ def watch(config: ml_collections.ConfigDict, workdir: str, poll_seconds: float =
       for step in sorted(manager.all_steps()):
         if os.path.exists(os.path.join(workdir, "eval", str(step), "metrics.json")):
           continue
-        run_evaluation(config, workdir, step, trainer,
-                       *_restore_weights(manager, step, trainer, mesh), mesh)
+        run_evaluation(config, workdir, step, embedder, dataset,
+                       restore_weights(manager, step, trainer, mesh))
         evaluated.append(step)
         last_news = time.time()
       if config.total_steps in manager.all_steps():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -30,25 +31,29 @@ from absl import flags
 from ecgclip_jax import checkpoint, cli, parallel, train_state
 from ecgclip_jax.config_defaults import validate_config
 from ecgclip_jax.data import sources
-from ecgclip_jax.evaluate import Embedder
+from ecgclip_jax.evaluate import Embedder, restore_weights
 from ecgclip_jax.evaluators import (finetune, fractions, linear_probe, metrics, results, tasks,
                                    zero_shot)
 from ecgclip_jax.models import hf_import
 
 METHODS = ("linear_probe", "finetune", "zero_shot")
-SPLITS = ("train", "validation", "test")
 
 
 @dataclasses.dataclass
 class Run:
-  """What is being evaluated: a model config, its weights, and a name for the tables."""
+  """What is being evaluated: a model (its trainer holds the config), its weights on the
+  config's mesh, and a name for the tables."""
 
   name: str
-  config: ml_collections.ConfigDict
-  params: dict
-  model_state: dict
+  trainer: train_state.Trainer
+  mesh: jax.sharding.Mesh
+  weights: tuple[dict, dict]  # (params, model_state)
   pretrained: bool
   identity: str  # keys the feature cache
+
+  @property
+  def config(self) -> ml_collections.ConfigDict:
+    return self.trainer.config
 
 
 @dataclasses.dataclass
@@ -56,8 +61,8 @@ class SplitData:
   source: collections.abc.Sequence
   labels: np.ndarray  # bool [N, T]
   known: np.ndarray  # bool [N, T]
-  features: np.ndarray | None = None  # [N, D] frozen-encoder features
-  ecg_emb: np.ndarray | None = None  # [N, E] unit embeddings (zero-shot)
+  features: np.ndarray  # [N, D] frozen-encoder features
+  ecg_emb: np.ndarray  # [N, E] unit embeddings (zero-shot)
 
 
 class Subset(collections.abc.Sequence):
@@ -80,10 +85,11 @@ def load_run(workdir: str | None, step: int | None, init: str,
     if config is None:
       raise ValueError("--init random needs --config (the architecture to initialize)")
     validate_config(config)
-    state = train_state.Trainer(config).init(jax.random.key(config.seed),
-                                             load_pretrained_text=False)
-    return Run(f"random init ({config.ecg.arch})", config, state.params, state.model_state,
-               pretrained=False, identity=f"random:{config.to_json()}")
+    trainer = train_state.Trainer(config)
+    state = trainer.init(jax.random.key(config.seed), load_pretrained_text=False)
+    return Run(f"random init ({config.ecg.arch})", trainer, parallel.make_mesh(config.mesh),
+               (state.params, state.model_state), pretrained=False,
+               identity=f"random:{config.to_json()}")
   if init != "pretrained":
     raise ValueError(f"--init must be 'pretrained' or 'random', got {init!r}")
   if not workdir:
@@ -94,11 +100,9 @@ def load_run(workdir: str | None, step: int | None, init: str,
   if config is not None:  # only evaluation-side keys may differ (batch size, mesh)
     stored.eval.batch_size, stored.mesh = config.eval.batch_size, config.mesh
   trainer = train_state.Trainer(stored)
-  state, _ = checkpoint.restore(manager, step,
-                                trainer.abstract_state(parallel.replicated(parallel.make_mesh(stored.mesh))))
-  print(f"restored checkpoint step {step} from {manager.directory}", flush=True)
-  return Run(f"pretrained ({os.path.basename(os.path.normpath(workdir))} step {step})", stored,
-             state.params, state.model_state, pretrained=True,
+  mesh = parallel.make_mesh(stored.mesh)
+  return Run(f"pretrained ({os.path.basename(os.path.normpath(workdir))} step {step})", trainer,
+             mesh, restore_weights(manager, step, trainer, mesh), pretrained=True,
              identity=f"{os.path.abspath(workdir)}@{step}")
 
 
@@ -121,7 +125,7 @@ def open_task_data(task_set: tasks.TaskSet, config: ml_collections.ConfigDict,
   return dataset
 
 
-def embed_cached(embedder: Embedder, source, label_feature: str, cache_file: str,
+def embed_cached(embedder: Embedder, weights, source, label_feature: str, cache_file: str,
                  key: str) -> dict[str, np.ndarray]:
   """Frozen-encoder features, unit embeddings and labels of every record of `source`,
   computed once and reused while `key` (run, dataset, split, tasks) is unchanged."""
@@ -130,7 +134,7 @@ def embed_cached(embedder: Embedder, source, label_feature: str, cache_file: str
       if str(cached["key"]) == key:
         return {name: cached[name] for name in ("features", "ecg_emb", "labels")}
   start = time.time()
-  out = embedder.ecg_features(source, label_feature)
+  out = embedder.ecg_features(weights, source, label_feature)
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(cache_file), exist_ok=True)
     np.savez(cache_file, key=np.asarray(key), **out)
@@ -158,17 +162,20 @@ def prepare_splits(task_set: tasks.TaskSet, dataset: sources.Dataset, embedder: 
     available = list(label_sets[task_set.label_feature])
   columns, names = task_set.select(available)
   fingerprint = hashlib.sha256(json.dumps(dataclasses.asdict(task_set), sort_keys=True,
-                                          default=str).encode()).hexdigest()[:16]
+                                          default=str).encode())
+  if table is not None:  # an edited task file must not meet features cached for the old one
+    with open(task_set.task_file, "rb") as f:
+      fingerprint.update(f.read())
   splits = {}
   for role, split in task_set.splits.items():
     source = dataset.source(split)
     if table is not None:
-      record_ids = [_text(source[i]["record_id"]) for i in range(len(source))]
+      record_ids = [source[i]["record_id"] for i in range(len(source))]
       indices, labels, known = tasks.join_task_table(table, record_ids, split=split)
       source = Subset(source, indices)
     print(f"{role}: {full_name} split {split!r}, {len(source)} records", flush=True)
-    key = f"{run.identity}|{full_name}|{split}|{fingerprint}"
-    out = embed_cached(embedder, source, task_set.label_feature if table is None else "labels",
+    key = f"{run.identity}|{full_name}|{split}|{fingerprint.hexdigest()[:16]}"
+    out = embed_cached(embedder, run.weights, source, task_set.label_feature if table is None else "labels",
                        os.path.join(out_dir, "cache", f"{role}.npz"), key)
     if table is None:
       labels = out["labels"]
@@ -178,10 +185,6 @@ def prepare_splits(task_set: tasks.TaskSet, dataset: sources.Dataset, embedder: 
   return names, splits
 
 
-def _text(value) -> str:
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 # ------------------------------------------------------------------------------- methods
 
 
@@ -189,8 +192,8 @@ def zero_shot_rows(run: Run, embedder: Embedder, prompts_file: str, names: list[
                    test: SplitData, task_set: tasks.TaskSet, n_bootstrap: int) -> list[dict]:
   """Cosine scores against averaged label prompts; tasks without prompts are left out."""
   prompts = zero_shot.load_prompts(prompts_file, names)
-  columns = [names.index(n) for n in prompts]
-  scores = test.ecg_emb @ zero_shot.class_embeddings(prompts, embedder.embed_texts).T
+  scores, columns = zero_shot.prompt_scores(
+      test.ecg_emb, prompts, names, functools.partial(embedder.embed_texts, run.weights))
   m = metrics.task_metrics(test.labels[:, columns], scores, list(prompts),
                            known=test.known[:, columns], min_positives=task_set.min_positives,
                            n_bootstrap=n_bootstrap, seed=0)
@@ -198,7 +201,7 @@ def zero_shot_rows(run: Run, embedder: Embedder, prompts_file: str, names: list[
 
 
 def supervised_scores(method: str, run: Run, names: list[str], splits: dict[str, SplitData],
-                      fraction: float, seed: int, mesh, probe_config, finetune_config):
+                      fraction: float, seed: int, probe_config, finetune_config):
   """Test-set scores of one method trained on one label fraction drawn with `seed`."""
   train, val, test = splits["train"], splits["validation"], splits["test"]
   indices = fractions.sample_fraction(train.labels, fraction, seed, known=train.known)
@@ -210,10 +213,11 @@ def supervised_scores(method: str, run: Run, names: list[str], splits: dict[str,
     return probe.predict(test.features), len(indices)
   init = None
   if run.pretrained:
-    init = {"params": run.params["ecg_encoder"], "batch_stats": run.model_state["ecg_encoder"]}
+    params, model_state = run.weights
+    init = {"params": params["ecg_encoder"], "batch_stats": model_state["ecg_encoder"]}
   tuned = finetune.finetune(
       train_state.ecg_encoder_config(run.config), init, len(names), train.source, indices,
-      train.labels, val.source, val.labels, mesh,
+      train.labels, val.source, val.labels, run.mesh,
       dataclasses.replace(finetune_config, seed=seed,
                           normalization=run.config.data.normalization),
       train_known=train.known, val_known=val.known,
@@ -229,11 +233,9 @@ def run_probe(run: Run, task_set: tasks.TaskSet, out_dir: str, *, methods, label
   unknown = sorted(set(methods) - set(METHODS))
   if unknown:
     raise ValueError(f"unknown method(s) {unknown}; choose from {METHODS}")
-  mesh = parallel.make_mesh(run.config.mesh)
   dataset = open_task_data(task_set, run.config, data_dir, manual_dir)
   tokenizer = hf_import.load_tokenizer(train_state.text_encoder_dir(run.config))
-  embedder = Embedder(train_state.Trainer(run.config), run.params, run.model_state, mesh,
-                      tokenizer)
+  embedder = Embedder(run.trainer, run.mesh, tokenizer)
   names, splits = prepare_splits(task_set, dataset, embedder, run, out_dir)
   probe_config = probe_config or linear_probe.LinearProbeConfig()
   finetune_config = finetune_config or finetune.FinetuneConfig()
@@ -253,7 +255,7 @@ def run_probe(run: Run, task_set: tasks.TaskSet, out_dir: str, *, methods, label
       for seed in range(seeds):
         t = time.time()
         test_scores, n_train = supervised_scores(method, run, names, splits, fraction, seed,
-                                                 mesh, probe_config, finetune_config)
+                                                 probe_config, finetune_config)
         scores.append(test_scores)
         print(f"{method} {fraction:.0%} seed {seed}: {n_train} training records, "
               f"{time.time() - t:.1f} s", flush=True)

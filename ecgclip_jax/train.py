@@ -81,7 +81,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
         shardings)
     log(f"initialized a new run in {workdir}")
   else:
-    state, _ = checkpoint.restore(manager, latest, abstract, train_iter)
+    state = checkpoint.restore(manager, latest, abstract, train_iter)
     log(f"resumed from checkpoint step {latest} in {checkpoint.checkpoint_dir(workdir)}")
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   num_trainable = sum(x.size for x in jax.tree.leaves(train_state.partition(
@@ -127,8 +127,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   # Evaluation of the final weights.
   # =====================================================================================
   if config.eval.at_end_of_training:
-    evaluate.run_evaluation(config, workdir, int(state.step), trainer, state.params,
-                            state.model_state, mesh)
+    evaluate.run_evaluation(config, workdir, int(state.step),
+                            evaluate.Embedder(trainer, mesh, tokenizer), dataset,
+                            (state.params, state.model_state))
   manager.close()
   return state
 

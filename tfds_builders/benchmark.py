@@ -32,7 +32,7 @@ def build_seconds(dataset: str, config: str, manual_dir: str, beam_workers: int)
   with tempfile.TemporaryDirectory() as data_dir:
     builder = tfds.builder(f"{dataset}/{config}", data_dir=data_dir, file_format="array_record")
     start = time.perf_counter()
-    builder.download_and_prepare(file_format="array_record", download_config=download_config)
+    builder.download_and_prepare(download_config=download_config)
     seconds = time.perf_counter() - start
     return seconds, skips.read_report(builder.data_dir)
 

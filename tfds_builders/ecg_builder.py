@@ -39,7 +39,7 @@ from ecgclip_jax.data.skips import CorpusError, SkipRecord
 SPLITS = ("train", "validation", "test")
 INDEX_SECTION = "index"  # report section for records dropped before their split is read
 UNKNOWN = -1  # age / sex not recorded; sex is 0 female, 1 male
-_SURROGATE = re.compile("[\ud800-\udfff]")  # undecodable bytes read with surrogateescape
+SURROGATE = re.compile("[\ud800-\udfff]")  # undecodable bytes read with surrogateescape
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
@@ -127,7 +127,7 @@ def clean_report(report: str | bytes) -> str:
       report = report.decode("utf-8")
     except UnicodeDecodeError as e:
       raise SkipRecord("undecodable_report", str(e)) from None
-  if "\ufffd" in report or _SURROGATE.search(report):
+  if "\ufffd" in report or SURROGATE.search(report):
     raise SkipRecord("undecodable_report", "bytes that are not text (decoding replaced them)")
   return " ".join(report.split())
 
@@ -257,20 +257,18 @@ class EcgBuilder(tfds.core.GeneratorBasedBuilder):
     process = functools.partial(
         prepare_example, reader=self.record_reader(), spec=self.builder_config.signal,
         label_sets=self.label_sets(), require_report=self.builder_config.require_report)
-    generators = {}
+    generators, skipped = {}, list(index_skips)
     for split in SPLITS:
       if not by_split[split]:
         continue
       done = _first_kept(by_split[split], process)
       if all(map(_is_skip, done)):  # every record skipped: reported, split not written
         _write_section(f"{self.data_dir}/skips-{split}.json", len(done), done)
+        skipped += done
         continue
       generators[split] = self._generate_examples(split, by_split[split], process, done)
     if not generators:
-      counts = collections.Counter()
-      for path in epath.Path(self.data_dir).glob("skips-*.json"):
-        for reason, r in json.loads(path.read_text())["reasons"].items():
-          counts[reason] += r["count"]
+      counts = collections.Counter(reason for _, reason, _ in skipped)
       raise CorpusError(f"{manual_dir}: every one of the {sum(counts.values())} records was "
                         f"skipped ({', '.join(f'{n} {r}' for r, n in sorted(counts.items()))}); "
                         f"nothing to write")

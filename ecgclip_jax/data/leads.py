@@ -6,6 +6,4 @@ can index leads by name without knowing which dataset a record came from.
 
 LEAD_NAMES = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 NUM_LEADS = len(LEAD_NAMES)
-LIMB_LEADS = LEAD_NAMES[:6]
-PRECORDIAL_LEADS = LEAD_NAMES[6:]
 LEAD_INDEX = {name: i for i, name in enumerate(LEAD_NAMES)}

@@ -185,12 +185,12 @@ def bandpass(signal: np.ndarray, fs: float, low: float | None, high: float | Non
 
 
 def fit_length(signal: np.ndarray, spec: SignalSpec) -> tuple[np.ndarray, int]:
-  """Crop or zero-pad to `spec.num_samples`; returns the signal and the samples padded."""
+  """Crop or zero-pad to `spec.num_samples`; returns the signal and the samples padded.
+  (`prepare` has already rejected records shorter than `spec.min_samples`.)"""
   n, target = signal.shape[0], spec.num_samples
   if n >= target:
     start = 0 if spec.crop == "start" else (n - target) // 2
     return signal[start:start + target], 0
-  _check_min_length(n, spec)
   return np.pad(signal, ((0, target - n), (0, 0))), target - n
 
 

@@ -70,7 +70,6 @@ def _prepared_builder(data_config: ml_collections.ConfigDict) -> tfds.core.Datas
   print(f"Building {name} from {data_config.manual_dir} into {builder.data_dir_root} ...",
         flush=True)
   builder.download_and_prepare(
-      file_format="array_record",
       download_config=tfds.download.DownloadConfig(manual_dir=data_config.manual_dir))
   return builder
 

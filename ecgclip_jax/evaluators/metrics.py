@@ -146,7 +146,7 @@ def task_metrics(labels: np.ndarray, scores: np.ndarray, task_names: list[str], 
     raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
   num_seeds, n, _ = scores.shape
 
-  scored, too_few = [], {}
+  scored, too_few, counts_of = [], {}, {}
   for j, name in enumerate(task_names):
     positives = int((labels[:, j] & known[:, j]).sum())
     count = int(known[:, j].sum())
@@ -154,6 +154,7 @@ def task_metrics(labels: np.ndarray, scores: np.ndarray, task_names: list[str], 
       too_few[name] = {"n": count, "positives": positives}
     else:
       scored.append(j)
+      counts_of[j] = {"n": count, "positives": positives, "prevalence": positives / count}
 
   # Point estimates: scikit-learn, per task and seed.
   point = {key: np.zeros((len(scored), num_seeds)) for key in ("prauc", "auroc")}
@@ -178,10 +179,7 @@ def task_metrics(labels: np.ndarray, scores: np.ndarray, task_names: list[str], 
 
   tasks = {}
   for k, j in enumerate(scored):
-    rows = known[:, j]
-    positives = int(labels[rows, j].sum())
-    entry = {"n": int(rows.sum()), "positives": positives,
-             "prevalence": positives / int(rows.sum())}
+    entry = dict(counts_of[j])
     for key in ("prauc", "auroc"):
       entry[key] = float(point[key][k].mean())
       entry[f"{key}_ci"] = _percentile_ci(replicates[key][k], ci)

@@ -17,8 +17,9 @@ import os
 
 import numpy as np
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TASKS_DIR = os.path.join(PROJECT_ROOT, "configs", "tasks")
+from ecgclip_jax import paths
+
+TASKS_DIR = os.path.join(paths.PROJECT_ROOT, "configs", "tasks")
 SPLIT_ROLES = ("train", "validation", "test")
 
 TRUE_VALUES = frozenset({"1", "1.0", "true", "yes", "pos", "positive"})
@@ -54,16 +55,6 @@ class TaskSet:
       raise ValueError(f"task set {self.name}: tasks {missing} are not among the "
                        f"{len(names)} labels available: {names}")
     return [names.index(t) for t in self.tasks], list(self.tasks)
-
-
-def _resolve(path: str, folder: str, what: str) -> str:
-  """A relative path is looked up beside the file naming it, then in the project checkout."""
-  candidates = [path] if os.path.isabs(path) else [os.path.join(folder, path),
-                                                   os.path.join(PROJECT_ROOT, path)]
-  for candidate in candidates:
-    if os.path.isfile(candidate):
-      return os.path.abspath(candidate)
-  raise FileNotFoundError(f"{what} not found: {path} (looked in {', '.join(candidates)})")
 
 
 def check_task_spec(spec: dict | None, where: str) -> None:
@@ -137,7 +128,7 @@ def load_task_set(path: str) -> TaskSet:
   if spec and not task_file:
     raise ValueError(f"{where}: task_spec describes the columns of a task_file; none is set")
   if task_file:
-    task_file = _resolve(task_file, os.path.dirname(os.path.abspath(path)), "task file")
+    task_file = paths.resolve_file(task_file, os.path.dirname(os.path.abspath(path)), "task file")
   return TaskSet(
       name=raw["name"], dataset=raw["dataset"], builder_config=raw["builder_config"],
       description=raw.get("description", ""), label_feature=raw.get("label_feature", "labels"),
@@ -154,7 +145,7 @@ def available_task_sets() -> list[str]:
 def resolve_task_set(name_or_path: str) -> TaskSet:
   """A bare name is configs/tasks/<name>.json; anything else a path to a task-set file,
   looked up in the current directory, then in the project checkout."""
-  candidates = [name_or_path, os.path.join(PROJECT_ROOT, name_or_path)]
+  candidates = [name_or_path, os.path.join(paths.PROJECT_ROOT, name_or_path)]
   if os.sep not in name_or_path and not name_or_path.endswith(".json"):
     candidates.insert(0, os.path.join(TASKS_DIR, f"{name_or_path}.json"))
   for candidate in candidates:

@@ -8,18 +8,13 @@ from typing import Callable
 
 import numpy as np
 
+from ecgclip_jax import paths
 from ecgclip_jax.evaluators import metrics
 
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
 def resolve_prompt_file(path: str) -> str:
-  """A relative path is looked up in the current directory, then in the project checkout."""
-  for candidate in (path, os.path.join(PROJECT_ROOT, path)):
-    if os.path.isfile(candidate):
-      return candidate
-  raise FileNotFoundError(f"prompt file not found: {path} (a JSON object: label -> list of prompts)")
+  """A prompt file (a JSON object: label -> list of prompts) from here or the checkout."""
+  return paths.resolve_file(path, os.getcwd(), "prompt file")
 
 
 def load_prompts(path: str, label_names: list[str]) -> dict[str, list[str]]:
@@ -45,12 +40,18 @@ def class_embeddings(prompts: dict[str, list[str]],
   return np.stack(rows)
 
 
+def prompt_scores(ecg_emb: np.ndarray, prompts: dict[str, list[str]], label_names: list[str],
+                  embed_texts: Callable[[list[str]], np.ndarray]) -> tuple[np.ndarray, list[int]]:
+  """Cosine scores [N, P] of each ECG against each prompted label, and the columns of those
+  labels in `label_names`."""
+  return (ecg_emb @ class_embeddings(prompts, embed_texts).T,
+          [label_names.index(name) for name in prompts])
+
+
 def evaluate(ecg_emb: np.ndarray, labels: np.ndarray, label_names: list[str],
              prompts: dict[str, list[str]],
              embed_texts: Callable[[list[str]], np.ndarray]) -> dict:
-  names = list(prompts)
-  scores = ecg_emb @ class_embeddings(prompts, embed_texts).T
-  columns = [label_names.index(name) for name in names]
-  result = metrics.per_label_ranking_metrics(labels[:, columns], scores, names)
+  scores, columns = prompt_scores(ecg_emb, prompts, label_names, embed_texts)
+  result = metrics.per_label_ranking_metrics(labels[:, columns], scores, list(prompts))
   result["labels_without_prompts"] = [n for n in label_names if n not in prompts]
   return result

@@ -3,6 +3,7 @@ same file), and every broken file becomes a SkipRecord with the reason the repor
 
 import glob
 import os
+import pathlib
 import shutil
 
 import numpy as np
@@ -13,7 +14,7 @@ import wfdb
 from ecgclip_jax.data import readers
 from ecgclip_jax.data.skips import SkipRecord
 
-CINC = "/work/shared/data/cinc2021"
+CINC = str(pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "cinc2021")
 NAMES = ["I", "AVR", "V1"]
 
 
@@ -28,13 +29,13 @@ def skip_reason(fn, *args, **kwargs):
   return e.value.reason
 
 
-def write_record(folder, rng, name="rec", n=1000, fs=250, units=("mV", "mV", "mV"),
-                 gains=(1000, 200, 1000)):
-  """A random 3-lead WFDB record (format 16); returns its path and the values written."""
-  x = rng.normal(scale=0.8, size=(n, 3))
-  wfdb.wrsamp(name, fs=fs, units=list(units), sig_name=NAMES, p_signal=x, fmt=["16"] * 3,
-              adc_gain=list(gains), baseline=[0, 0, 0], write_dir=str(folder))
-  return str(folder / name), x
+def write_record(folder, rng, units=("mV", "mV", "mV")):
+  """A random 3-lead WFDB record "rec" (format 16, 1000 samples at 250 Hz); returns its path
+  and the values written."""
+  x = rng.normal(scale=0.8, size=(1000, 3))
+  wfdb.wrsamp("rec", fs=250, units=list(units), sig_name=NAMES, p_signal=x, fmt=["16"] * 3,
+              adc_gain=[1000, 200, 1000], baseline=[0, 0, 0], write_dir=str(folder))
+  return str(folder / "rec"), x
 
 
 def edit_header(record, old, new):

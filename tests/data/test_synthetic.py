@@ -418,6 +418,7 @@ def test_reports_name_exactly_their_findings_in_varied_words(cohort):
 
 
 def test_reports_quote_the_measured_rate(clean_all):
+  checked = 0
   for r in clean_all:
     if has(r, "premature_ventricular_complexes"):
       continue  # see test_measured_rate_matches_the_rhythm
@@ -427,3 +428,5 @@ def test_reports_quote_the_measured_rate(clean_all):
       tolerance = 0.15 if has(r, "atrial_fibrillation") else 0.06
       quoted_rate = int(quoted.group(1) or quoted.group(2))
       assert abs(quoted_rate - measured) < tolerance * measured, r.report
+      checked += 1
+  assert checked >= 20  # the phrasing still quotes rates: the test checked something

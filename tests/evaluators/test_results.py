@@ -77,8 +77,9 @@ def test_summary_has_one_line_per_method_and_fraction():
   lines = summary.splitlines()
   assert len(lines) == 4 and "macro PRAUC" in lines[0]
   probe_1 = next(r for r in rows if r["task"] == "macro" and r["fraction"] == 0.01)
-  assert any(line.split()[3:6] == ["linear_probe", "1%", "2"]
-             and results.format_cell(probe_1, "prauc") in line for line in lines)
+  cell = f"{probe_1['prauc']:.3f} [{probe_1['prauc_lo']:.3f}, {probe_1['prauc_hi']:.3f}]"
+  assert any(line.split()[3:6] == ["linear_probe", "1%", "2"] and cell in line
+             for line in lines)
 
 
 def test_macro_of_no_scored_task_is_not_applicable():

@@ -73,6 +73,12 @@ def test_tokenizer_matches_fixture(parity):
   )
   np.testing.assert_array_equal(batch["input_ids"], parity["input_ids"])
   np.testing.assert_array_equal(batch["attention_mask"], parity["attention_mask"])
+  # Beyond the fixture: BERT's layout, [CLS] first, [SEP] last, padding after the mask.
+  for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
+    length = int(mask.sum())
+    assert mask[:length].all() and not mask[length:].any()
+    assert ids[0] == tokenizer.cls_token_id and ids[length - 1] == tokenizer.sep_token_id
+    assert (ids[length:] == tokenizer.pad_token_id).all()
 
 
 def test_shapes_and_padding_does_not_leak():

@@ -393,8 +393,9 @@ def test_cli_stops_a_bad_manifest_with_one_line(tmp_path):
 
 def test_real_ptbxl_and_cinc_records(tmp_path):
   """Absolute paths into the shared corpora, read back against wfdb's own reading."""
-  records = {"ptbxl": "/work/shared/data/ptbxl/records500/00000/00001_hr",
-             "cinc": "/work/shared/data/cinc2021/E07500.mat"}
+  shared = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data"
+  records = {"ptbxl": str(shared / "ptbxl" / "records500" / "00000" / "00001_hr"),
+             "cinc": str(shared / "cinc2021" / "E07500.mat")}
   if not all(os.path.exists(p.removesuffix(".mat") + ".hea") for p in records.values()):
     pytest.skip("shared PTB-XL / CinC 2021 data not present")
   rows = [{"path": path, "record_id": name, "patient_id": name, "report": "x"}

@@ -139,7 +139,6 @@ def test_splits_are_by_patient_hash(built):
       patient = ex["patient_id"].decode()
       splits_of[patient].add(split)
       assert split == ecg_builder.hash_split(patient, "mimic_iv_ecg")
-  assert all(len(s) == 1 for s in splits_of.values())
   assert set(examples) == {"train", "validation", "test"}
 
 

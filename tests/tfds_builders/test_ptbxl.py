@@ -267,18 +267,6 @@ def test_labels_match_scp_codes(built_100hz):
   assert superclasses_seen == {"NORM", "MI", "STTC", "CD", "HYP"}  # the test is not vacuous
 
 
-def test_superclass_aggregation_against_scp_statements(built_100hz):
-  """Every diagnostic statement of a record turns on exactly its diagnostic_class."""
-  builder, examples = built_100hz
-  vocab = builder.info.metadata["label_sets"]
-  class_of = {r[""]: r["diagnostic_class"] for r in read_statements() if is_one(r["diagnostic"])}
-  for _, example in examples.values():
-    codes = {vocab["labels"][i] for i in np.flatnonzero(example["labels"])}
-    supers = {vocab["labels_superdiagnostic"][i]
-              for i in np.flatnonzero(example["labels_superdiagnostic"])}
-    assert supers == {class_of[c] for c in codes if c in class_of}
-
-
 def test_report_sex_age_and_ids(built_100hz):
   _, examples = built_100hz
   ages = set()

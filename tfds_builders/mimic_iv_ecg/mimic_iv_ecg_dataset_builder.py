@@ -54,7 +54,6 @@ folder stops the build with one line (`CorpusError`).
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import numpy as np
 import pandas as pd
@@ -73,7 +72,6 @@ REPORT_COLUMNS = tuple(f"report_{i}" for i in range(18))
 SPLIT_SALT = "mimic_iv_ecg"
 _ID_COLUMNS = ("subject_id", "study_id", "path")
 _EDGE = " *=-"  # decoration around machine statements: "*** ... ***", "--- ... ---", "="
-_SURROGATE = re.compile("[\ud800-\udfff]")  # where surrogateescape kept a non-UTF-8 byte
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
@@ -172,7 +170,7 @@ class Builder(ecg_builder.EcgBuilder):
          lambda row: f"{RECORD_LIST_CSV}: no {', '.join(np.array(_ID_COLUMNS)[missing[row]])}"),
         (records["report"].isna().to_numpy(), "empty_report",
          lambda row: f"no {MEASUREMENTS_CSV} row"),
-        (text.str.contains(_SURROGATE).to_numpy(), "undecodable_report",
+        (text.str.contains(ecg_builder.SURROGATE).to_numpy(), "undecodable_report",
          lambda row: f"{MEASUREMENTS_CSV}: report bytes are not UTF-8"),
         (words < c.min_report_words, "empty_report",
          lambda row: f"{words[row]} words < min_report_words={c.min_report_words}"),

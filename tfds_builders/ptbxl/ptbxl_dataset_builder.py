@@ -193,33 +193,15 @@ def label_sets_of(statements: tuple[Statement, ...]) -> dict[str, list[str]]:
 
 LABEL_SETS = label_sets_of(SCP_STATEMENTS)
 _BY_CODE = {s.code: s for s in SCP_STATEMENTS}
-_INDEX = {name: {label: i for i, label in enumerate(vocabulary)}
-          for name, vocabulary in LABEL_SETS.items()}
 
 
 def statement_labels(codes) -> dict[str, np.ndarray]:
   """The multi-hot vector of every label set for a record's SCP statements (the keys of its
-  scp_codes), aggregated as the benchmark's `compute_label_aggregations` does."""
-  names = {name: set() for name in LABEL_SETS}
-  for code in codes:
-    statement = _BY_CODE[code]
-    names["labels"].add(code)
-    if "D" in statement.kinds:
-      names["labels_diagnostic"].add(code)
-      if statement.diagnostic_subclass:
-        names["labels_subdiagnostic"].add(statement.diagnostic_subclass)
-      if statement.diagnostic_class:
-        names["labels_superdiagnostic"].add(statement.diagnostic_class)
-    if "F" in statement.kinds:
-      names["labels_form"].add(code)
-    if "R" in statement.kinds:
-      names["labels_rhythm"].add(code)
-  out = {}
-  for name, present in names.items():
-    vector = np.zeros(len(LABEL_SETS[name]), np.bool_)
-    vector[[_INDEX[name][label] for label in present]] = True
-    out[name] = vector
-  return out
+  scp_codes), aggregated as the benchmark's `compute_label_aggregations` does: the label sets
+  of just the statements present, placed in the full vocabularies."""
+  present = label_sets_of(tuple(_BY_CODE[code] for code in codes))
+  return {name: ecg_builder.multi_hot(present[name], vocabulary)
+          for name, vocabulary in LABEL_SETS.items()}
 
 
 def _csv_text(path: epath.Path) -> io.StringIO:

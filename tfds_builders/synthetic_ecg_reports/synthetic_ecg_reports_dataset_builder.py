@@ -108,5 +108,5 @@ def prepare(config: str | SyntheticConfig, data_dir: str | None = None) -> Build
   builder = Builder(config=config, data_dir=data_dir or None, file_format="array_record")
   if not builder.is_prepared():
     print(f"Building {builder.info.full_name} in {builder.data_dir} ...", flush=True)
-    builder.download_and_prepare(file_format="array_record")
+    builder.download_and_prepare()
   return builder
