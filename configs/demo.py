@@ -5,10 +5,24 @@
 #   python -m ecgclip_jax.train --config configs/demo.py --workdir workdirs/demo
 #
 # Re-running the same command resumes from the newest checkpoint in the workdir.
+#
+# `configs/demo.py:large_corpus` is the data-efficiency check in miniature (the paper
+# pre-trains on 2.8M ECG-report pairs and probes with far fewer labels): the same model,
+# pre-trained on an independent synthetic corpus ten times the size of the `synthetic` task
+# set's (other patients and records: corpus_seed 1), then probed on that task set:
+#
+#   python -m ecgclip_jax.train --config configs/demo.py:large_corpus \
+#       --workdir workdirs/demo_large_corpus
+#   python -m ecgclip_jax.probe --workdir workdirs/demo_large_corpus --tasks synthetic \
+#       --out results/demo_large_corpus
 from ecgclip_jax.config_defaults import default_config
 
+VARIANTS = ("demo", "large_corpus")
 
-def get_config():
+
+def get_config(variant: str = "demo"):
+  if variant not in VARIANTS:
+    raise ValueError(f"configs/demo.py takes one of {VARIANTS}, got {variant!r}")
   c = default_config()
   c.data.builder_config = "100hz"
   c.data.num_patients = 1600
@@ -26,4 +40,12 @@ def get_config():
   c.log_every_steps = 25
   c.checkpoint_every_steps = 200
   c.eval.batch_size = 128
+  if variant == "large_corpus":
+    c.data.num_patients = 16000
+    c.data.corpus_seed = 1
+    c.batch_size = 128
+    c.total_steps = 2400  # ~9 epochs of the ~32k training records
+    c.optim.warmup_steps = 100
+    c.log_every_steps = 50
+    c.checkpoint_every_steps = 400
   return c

@@ -15,6 +15,8 @@ import grain
 import ml_collections
 import orbax.checkpoint as ocp
 
+from ecgclip_jax import config_defaults
+
 ITEMS = ("state", "data_iterator", "config")
 
 
@@ -51,9 +53,13 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
 
 def restore_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:
   """The resolved config a checkpoint was trained with: downstream jobs rebuild the model
-  from it, so they need no config file of their own."""
+  from it, so they need no config file of their own. It is laid over today's defaults, so
+  keys added since the checkpoint was written read as their defaults."""
   restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-  return ml_collections.ConfigDict(restored["config"])
+  config = config_defaults.default_config()
+  with config.unlocked():
+    config.update(restored["config"])
+  return config
 
 
 def resolve_step(manager: ocp.CheckpointManager, step: int | None) -> int:

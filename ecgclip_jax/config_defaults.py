@@ -13,6 +13,8 @@ import difflib
 import ml_collections
 
 NORMALIZATIONS = ("minmax", "zscore", "none")
+LOSSES = ("clip", "clip_shard_map", "siglip")  # see losses.contrastive_loss
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -25,6 +27,7 @@ def default_config() -> ml_collections.ConfigDict:
       data_dir="",  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
       manual_dir="",  # real corpora: the untouched download, built into data_dir on first use
       num_patients=0,  # synthetic corpus size; 0 = the builder config's own size
+      corpus_seed=0,  # synthetic corpus draw; another seed gives disjoint patients and records
       train_split="train",
       eval_split="test",
       normalization="zscore",  # one of NORMALIZATIONS
@@ -42,16 +45,26 @@ def default_config() -> ml_collections.ConfigDict:
       arch="resnet18",  # "resnet18" or "resnet34"
       width_multiplier=1.0,
       pooling="avg",  # "avg" or "attention"
+      norm="batch",  # "batch" (BatchNorm) or "group" (GroupNorm: independent of the batch)
+      remat=False,  # recompute each residual block's activations in the backward pass
   )
   c.model = dict(
       embed_dim=256,
       logit_scale_init=1 / 0.07,
       learn_logit_scale=True,
-      dtype="float32",  # compute dtype of both towers
+      dtype="float32",  # compute dtype of both towers ("bfloat16"); parameters stay float32
+      loss="clip",  # one of losses.LOSSES: "clip", "clip_shard_map", "siglip"
+      siglip_bias_init=-10.0,  # SigLIP's learnable logit bias (used by loss="siglip")
   )
-  c.mesh = dict(data=-1)  # axis name -> size; -1 takes the remaining devices
+  # Axis name -> size; -1 takes the remaining devices. The batch is split over `data` and
+  # `fsdp`; parameters and optimizer state are sharded over `fsdp` (FSDP: data=1, fsdp=-1).
+  c.mesh = dict(data=-1, fsdp=1)
+  c.sharding = dict(
+      fsdp_min_size=2**16,  # arrays with fewer elements stay replicated
+  )
 
   c.batch_size = 256  # global, over all processes and devices
+  c.grad_accum_steps = 1  # microbatches per step (the loss still sees the whole batch)
   c.total_steps = 1000
   c.optim = dict(
       learning_rate=1e-3,
@@ -100,8 +113,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config is missing key {missing[0]!r}: start config files from default_config()")
   if config.data.normalization not in NORMALIZATIONS:
     raise ValueError(f"data.normalization={config.data.normalization!r}; choose one of {NORMALIZATIONS}")
+  if config.model.loss not in LOSSES:
+    raise ValueError(f"model.loss={config.model.loss!r}; choose one of {LOSSES}")
+  if config.model.dtype not in COMPUTE_DTYPES:
+    raise ValueError(f"model.dtype={config.model.dtype!r}; choose one of {COMPUTE_DTYPES}")
   for key in ("batch_size", "total_steps", "log_every_steps", "checkpoint_every_steps",
-              "keep_checkpoints"):
+              "keep_checkpoints", "grad_accum_steps"):
     if config[key] <= 0:
       raise ValueError(f"{key} must be positive, got {config[key]}")
   if config.eval.batch_size <= 0:

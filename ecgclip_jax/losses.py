@@ -24,3 +24,11 @@ def clip_loss(ecg_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array) -
   ecg_to_text = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
   text_to_ecg = optax.softmax_cross_entropy_with_integer_labels(logits.T, targets)
   return 0.5 * (ecg_to_text.mean() + text_to_ecg.mean())
+
+
+def contrastive_loss(name: str, ecg_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array,
+                     logit_bias: jax.Array | None, mesh: jax.sharding.Mesh | None) -> jax.Array:
+  """The loss named by `model.loss` (config_defaults.LOSSES) over the global batch."""
+  if name == "clip":
+    return clip_loss(ecg_emb, text_emb, logit_scale)
+  raise NotImplementedError(name)

@@ -1,13 +1,14 @@
-"""Device mesh from the config, shardings, and global batch assembly.
+"""Multi-host start, device mesh from the config, shardings, and global batch assembly.
 
-The batch dimension is split over every data-parallel mesh axis; parameters are
-replicated (FSDP rules come with the pod-scale work). Each process contributes its own
-rows and `jax.make_array_from_process_local_data` stitches them into one global array.
+The batch dimension is split over every data-parallel mesh axis. Each process contributes
+its own rows and `jax.make_array_from_process_local_data` stitches them into one global
+array.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Mapping
 
 import jax
@@ -15,6 +16,44 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXES = ("data", "fsdp")  # mesh axes the batch is split over
+LOCAL_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")  # launch/local.sh
+
+
+def _cluster_detected() -> bool:
+  """A multi-process Slurm job or a multi-worker TPU slice, which jax configures itself."""
+  slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
+  tpu = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  return slurm or tpu
+
+
+def initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
+                           process_id: int = -1, *, initialization_timeout_s: int = 300,
+                           heartbeat_timeout_s: int = 100) -> None:
+  """Joins this process to the run's others, before anything touches a device.
+
+  Where the layout comes from, first match wins: the arguments (train's flags); the
+  variables `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID` (set by
+  launch/local.sh); a Slurm job or TPU slice, which jax detects; else one process. An
+  unreachable coordinator fails after `initialization_timeout_s`, and a peer that stops
+  heartbeating fails the others after `heartbeat_timeout_s`: errors, never a hang.
+  """
+  if not coordinator_address and os.environ.get(LOCAL_ENV[0]):
+    missing = [name for name in LOCAL_ENV if not os.environ.get(name)]
+    if missing:
+      raise ValueError(f"{LOCAL_ENV[0]} is set but {', '.join(missing)} is not: set all of "
+                       f"{', '.join(LOCAL_ENV)}")
+    coordinator_address = os.environ[LOCAL_ENV[0]]
+    num_processes = int(os.environ[LOCAL_ENV[1]])
+    process_id = int(os.environ[LOCAL_ENV[2]])
+  timeouts = dict(initialization_timeout=initialization_timeout_s,
+                  heartbeat_timeout_seconds=heartbeat_timeout_s)
+  if coordinator_address:
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+      raise ValueError(f"distributed run: need num_processes >= 1 and 0 <= process_id < "
+                       f"num_processes, got {num_processes} and {process_id}")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id, **timeouts)
+  elif _cluster_detected():
+    jax.distributed.initialize(**timeouts)
 
 
 def mesh_shape(axes: Mapping[str, int], num_devices: int) -> dict[str, int]:

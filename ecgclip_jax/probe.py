@@ -111,7 +111,7 @@ def open_task_data(task_set: tasks.TaskSet, config: ml_collections.ConfigDict,
   """The task set's dataset, checked against the model's input length."""
   data = ml_collections.ConfigDict(config.data.to_dict())
   data.name, data.builder_config = task_set.dataset, task_set.builder_config
-  data.num_patients = task_set.num_patients
+  data.num_patients, data.corpus_seed = task_set.num_patients, task_set.corpus_seed
   data.data_dir = data_dir or config.data.data_dir
   data.manual_dir = manual_dir
   try:

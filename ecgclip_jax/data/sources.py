@@ -44,8 +44,9 @@ def _synthetic_builder(data_config: ml_collections.ConfigDict) -> tfds.core.Data
     raise ValueError(f"{SYNTHETIC} has no config {data_config.builder_config!r}; "
                      f"available: {sorted(configs)}")
   config = configs[data_config.builder_config]
-  if data_config.num_patients:
-    config = lib.custom_config(config.sample_rate, data_config.num_patients, seed=config.seed,
+  if data_config.num_patients or data_config.corpus_seed:
+    config = lib.custom_config(config.sample_rate, data_config.num_patients or config.num_patients,
+                               seed=data_config.corpus_seed,
                                duration_s=config.duration_s)
   return lib.prepare(config, data_config.data_dir or None)
 

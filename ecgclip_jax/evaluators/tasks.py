@@ -42,6 +42,7 @@ class TaskSet:
       default_factory=lambda: {role: role for role in SPLIT_ROLES})
   min_positives: int = 1
   num_patients: int = 0  # synthetic corpus size; 0: the builder config's default
+  corpus_seed: int = 0  # synthetic corpus draw
   task_file: str | None = None  # absolute path
   task_spec: dict[str, dict] | None = None
   path: str = ""  # the JSON file this came from
@@ -120,8 +121,9 @@ def load_task_set(path: str) -> TaskSet:
     raise ValueError(f"{where}: splits maps {list(SPLIT_ROLES)} to split names, got {splits}")
   min_positives = _check_type(where, "min_positives", raw.get("min_positives", 1), int)
   num_patients = _check_type(where, "num_patients", raw.get("num_patients", 0), int)
-  if min_positives < 1 or num_patients < 0:
-    raise ValueError(f"{where}: min_positives must be >= 1 and num_patients >= 0")
+  corpus_seed = _check_type(where, "corpus_seed", raw.get("corpus_seed", 0), int)
+  if min_positives < 1 or num_patients < 0 or corpus_seed < 0:
+    raise ValueError(f"{where}: min_positives must be >= 1, num_patients and corpus_seed >= 0")
   task_file = _check_type(where, "task_file", raw.get("task_file"), str, allow_none=True)
   spec = raw.get("task_spec")
   check_task_spec(spec, where)
@@ -134,7 +136,8 @@ def load_task_set(path: str) -> TaskSet:
       description=raw.get("description", ""), label_feature=raw.get("label_feature", "labels"),
       tasks=tuple(tasks) if tasks else None,
       splits={role: splits.get(role, role) for role in SPLIT_ROLES},
-      min_positives=min_positives, num_patients=num_patients, task_file=task_file,
+      min_positives=min_positives, num_patients=num_patients, corpus_seed=corpus_seed,
+      task_file=task_file,
       task_spec=spec or None, path=os.path.abspath(path))
 
 

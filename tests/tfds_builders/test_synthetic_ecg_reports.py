@@ -80,3 +80,20 @@ def test_module_entry_point_runs_tfds_build(tmp_path):
                  cwd=pathlib.Path(__file__).parents[2])
   shards = list(tmp_path.glob("synthetic_ecg_reports/100hz_p4_s0_1s/1.0.0/*.array_record-*"))
   assert len(shards) == 3
+
+
+def test_a_build_larger_than_the_memory_buffer_spills_to_disk_without_tensorflow(
+    built, tmp_path, monkeypatch):
+  """TFDS moves a split above its buffer (1 GB) into bucket files; with the buffer at 1 kB
+  every split spills here, and the build must still equal the in-memory one."""
+  from tensorflow_datasets.core import shuffle
+  monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 1000)
+  spilled = ser.prepare(CONFIG, str(tmp_path)).as_data_source()
+  in_memory = built[0].as_data_source()
+  for split, source in in_memory.items():
+    assert len(spilled[split]) == len(source) > 0
+    expected = {ex["record_id"]: ex for ex in source}
+    for example in spilled[split]:
+      np.testing.assert_array_equal(example["ecg"], expected[example["record_id"]]["ecg"])
+  assert "tensorflow" not in sys.modules
+  assert not list(tmp_path.rglob("*.tmp*")), "bucket files left behind"
