@@ -44,8 +44,8 @@ def get_config(variant: str = "demo"):
     c.data.num_patients = 16000
     c.data.corpus_seed = 1
     c.batch_size = 128
-    c.total_steps = 2400  # ~9 epochs of the ~32k training records
+    c.total_steps = 1200  # ~5 epochs of the ~32k training records
     c.optim.warmup_steps = 100
     c.log_every_steps = 50
-    c.checkpoint_every_steps = 400
+    c.checkpoint_every_steps = 200
   return c

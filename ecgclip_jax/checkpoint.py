@@ -1,8 +1,9 @@
 """Orbax checkpoints holding everything a run needs to continue exactly.
 
-Items per step: `state` (parameters, BatchNorm statistics, optimizer state, step, RNG),
-`data_iterator` (grain's per-process iterator position) and `config` (the resolved config
-as JSON). Saves are asynchronous; the manager keeps the newest N.
+Items per step: `state` (parameters, BatchNorm statistics, optimizer state, step, RNG) and
+`config` (the resolved config as JSON). The data position is the step itself (see
+pipeline.GlobalBatchSampler), so a checkpoint restores into any process layout. Saves are
+asynchronous and coordinated by Orbax across processes; the manager keeps the newest N.
 """
 
 from __future__ import annotations
@@ -11,17 +12,17 @@ import json
 import os
 from typing import Any
 
-import grain
 import ml_collections
 import orbax.checkpoint as ocp
 
 from ecgclip_jax import config_defaults
 
-ITEMS = ("state", "data_iterator", "config")
+ITEMS = ("state", "config")
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+  """WORKDIR/checkpoints; local paths made absolute, bucket URLs (gs://...) kept."""
+  return os.path.join(workdir if "://" in workdir else os.path.abspath(workdir), "checkpoints")
 
 
 def make_manager(workdir: str, *, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
@@ -32,23 +33,19 @@ def make_manager(workdir: str, *, keep: int = 3, read_only: bool = False) -> ocp
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator: Any,
+def save(manager: ocp.CheckpointManager, step: int, state: Any,
          config: ml_collections.ConfigDict) -> None:
   """Starts an asynchronous save of everything needed to continue from `step`."""
   manager.save(step, force=True, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
-      data_iterator=grain.checkpoint.CheckpointSave(data_iterator),
       config=ocp.args.JsonSave(json.loads(config.to_json()))))
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
-            data_iterator: Any | None = None) -> Any:
-  """Restores `state` onto the shardings of `abstract_state` (and the iterator in place);
-  the stored config is read by `restore_config`."""
-  items = {"state": ocp.args.StandardRestore(abstract_state)}
-  if data_iterator is not None:
-    items["data_iterator"] = grain.checkpoint.CheckpointRestore(data_iterator)
-  return manager.restore(step, args=ocp.args.Composite(**items))["state"]
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
+  """Restores `state` onto the shardings of `abstract_state`, whatever the mesh or process
+  layout it was saved from; the stored config is read by `restore_config`."""
+  return manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state)))["state"]
 
 
 def restore_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:

@@ -9,8 +9,10 @@ from typing import Callable
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from ecgclip_jax import parallel
+
 # What a user can fix from the message alone: shown as one line, not a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError)
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, ConnectionError)
 
 
 def define_config_and_workdir(workdir_help: str):
@@ -20,6 +22,26 @@ def define_config_and_workdir(workdir_help: str):
   workdir = flags.DEFINE_string("workdir", None, workdir_help)
   flags.mark_flags_as_required(["config", "workdir"])
   return config, workdir
+
+
+def define_distributed_flags() -> Callable[[], None]:
+  """Flags that join this process to a multi-process run; returns the function that joins
+  (call it before anything touches a device). Unset: launch/local.sh's JAX_* variables, a
+  Slurm job or TPU slice, or one process (see parallel.initialize_distributed)."""
+  address = flags.DEFINE_string("coordinator_address", "", "HOST:PORT of process 0.")
+  count = flags.DEFINE_integer("num_processes", 0, "Processes in the run.")
+  index = flags.DEFINE_integer("process_id", -1, "This process's index, 0..num_processes-1.")
+  init_timeout = flags.DEFINE_integer(
+      "initialization_timeout_s", 300, "Give up joining the run after this many seconds.")
+  heartbeat_timeout = flags.DEFINE_integer(
+      "heartbeat_timeout_s", 100, "A process silent this long fails the run (not a hang).")
+
+  def start() -> None:
+    parallel.initialize_distributed(
+        address.value, count.value, index.value,
+        initialization_timeout_s=init_timeout.value, heartbeat_timeout_s=heartbeat_timeout.value)
+
+  return start
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

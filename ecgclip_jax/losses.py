@@ -1,14 +1,27 @@
-"""Contrastive losses over the GLOBAL batch.
+"""Contrastive losses over the GLOBAL batch, in three implementations (`model.loss`).
 
-Under `jax.jit` with batch-sharded embeddings, XLA gathers what the similarity matrix
-needs, so this is the same function of the whole batch on 1 device or 256 (DESIGN.md).
+- "clip": symmetric softmax CLIP written globally; under `jax.jit` with batch-sharded
+  embeddings XLA gathers what the similarity matrix needs (DESIGN.md).
+- "clip_shard_map": the same value with explicit communication: each device all-gathers the
+  other tower and scores only its own rows, so its logits are `n x N`, never `N x N`.
+- "siglip": the sigmoid loss of Zhai et al. 2023, with report blocks passed around a ring of
+  devices, so each device holds one `n x n` block of logits at a time.
+
+All three are the same function of the whole batch on 1 device or 256 (tests/test_losses.py).
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh, PartitionSpec
+
+from ecgclip_jax import parallel
+
+LOSSES = ("clip", "clip_shard_map", "siglip")  # the same as config_defaults.LOSSES
 
 
 def clip_logits(ecg_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array) -> jax.Array:
@@ -26,9 +39,99 @@ def clip_loss(ecg_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array) -
   return 0.5 * (ecg_to_text.mean() + text_to_ecg.mean())
 
 
+def _siglip_block_sum(ecg_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array,
+                      logit_bias: jax.Array, positives_on_diagonal: bool) -> jax.Array:
+  """Sum of -log sigmoid(z * logits) over one block; only a block of matching rows has z=+1."""
+  logits = clip_logits(ecg_emb, text_emb, logit_scale) + logit_bias
+  if positives_on_diagonal:
+    signs = 2 * jnp.eye(*logits.shape, dtype=logits.dtype) - 1
+  else:
+    signs = -1
+  return -jax.nn.log_sigmoid(signs * logits).sum()
+
+
+def siglip_loss(ecg_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array,
+                logit_bias: jax.Array) -> jax.Array:
+  """Sigmoid loss written globally (XLA partitions it); the reference for the ring version."""
+  return _siglip_block_sum(ecg_emb, text_emb, logit_scale, logit_bias, True) / ecg_emb.shape[0]
+
+
+def _batch_shard_map(local_fn, mesh: Mesh | None, num_scalars: int):
+  """`local_fn(ecg_rows, text_rows, *scalars, axes=...)` mapped over the mesh's batch axes.
+
+  The local function returns the loss sum already added up over devices (`psum`), so the
+  result is replicated. Gradients come from autodiff through the collectives: `all_gather`
+  transposes to a reduce-scatter and `ppermute` to the reverse permutation, so each row's
+  gradient gathers what every device computed from it (open_clip's gather-with-grad).
+  """
+  if mesh is None:
+    raise ValueError("this loss runs under shard_map over the batch axes: pass the mesh")
+  axes = parallel.batch_axes(mesh)
+  rows = PartitionSpec(axes)
+  return jax.shard_map(functools.partial(local_fn, axes=axes), mesh=mesh,
+                       in_specs=(rows, rows) + (PartitionSpec(),) * num_scalars,
+                       out_specs=PartitionSpec())
+
+
+def _local_clip_sum(ecg_rows, text_rows, logit_scale, *, axes):
+  """Cross-entropy summed over this device's ECG rows and its report rows, against all."""
+  targets = jax.lax.axis_index(axes) * ecg_rows.shape[0] + jnp.arange(ecg_rows.shape[0])
+  all_text = jax.lax.all_gather(text_rows, axes, tiled=True)
+  all_ecg = jax.lax.all_gather(ecg_rows, axes, tiled=True)
+  ecg_to_text = optax.softmax_cross_entropy_with_integer_labels(
+      clip_logits(ecg_rows, all_text, logit_scale), targets)
+  text_to_ecg = optax.softmax_cross_entropy_with_integer_labels(
+      clip_logits(text_rows, all_ecg, logit_scale), targets)
+  return jax.lax.psum(ecg_to_text.sum() + text_to_ecg.sum(), axes)
+
+
+def clip_loss_shard_map(ecg_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array,
+                        mesh: Mesh | None) -> jax.Array:
+  """`clip_loss` with per-device logits `n x N` (n = N / batch-parallel devices)."""
+  loss_sum = _batch_shard_map(_local_clip_sum, mesh, 1)(
+      ecg_emb, text_emb, jnp.asarray(logit_scale, jnp.float32))
+  return loss_sum / (2 * ecg_emb.shape[0])
+
+
+def _local_siglip_sum(ecg_rows, text_rows, logit_scale, logit_bias, *, axes):
+  """This device's ECG rows against every report block, received one block per ring step.
+
+  Each step's logits are recomputed in the backward pass (`jax.checkpoint`), so the scan
+  keeps only the `n x D` report blocks, not one `n x n` block of residuals per step.
+  """
+  num_devices = jax.lax.axis_size(axes)
+  ring = [(i, (i + 1) % num_devices) for i in range(num_devices)]
+  negatives_sum = jax.checkpoint(functools.partial(_siglip_block_sum,
+                                                   positives_on_diagonal=False),
+                                 prevent_cse=False)
+
+  def step(text_block, _):
+    text_block = jax.lax.ppermute(text_block, axes, ring)
+    return text_block, negatives_sum(ecg_rows, text_block, logit_scale, logit_bias)
+
+  own = _siglip_block_sum(ecg_rows, text_rows, logit_scale, logit_bias, True)
+  _, others = jax.lax.scan(step, text_rows, length=num_devices - 1)
+  return jax.lax.psum(own + others.sum(), axes)
+
+
+def siglip_loss_ring(ecg_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array,
+                     logit_bias: jax.Array, mesh: Mesh | None) -> jax.Array:
+  """`siglip_loss` with report blocks exchanged by `ppermute`: `n x n` logits per step."""
+  loss_sum = _batch_shard_map(_local_siglip_sum, mesh, 2)(
+      ecg_emb, text_emb, jnp.asarray(logit_scale, jnp.float32),
+      jnp.asarray(logit_bias, jnp.float32))
+  return loss_sum / ecg_emb.shape[0]
+
+
 def contrastive_loss(name: str, ecg_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array,
-                     logit_bias: jax.Array | None, mesh: jax.sharding.Mesh | None) -> jax.Array:
-  """The loss named by `model.loss` (config_defaults.LOSSES) over the global batch."""
+                     logit_bias: jax.Array | None, mesh: Mesh | None) -> jax.Array:
+  """The loss named by `model.loss` over the global batch; the CLIP losses ignore the bias."""
   if name == "clip":
     return clip_loss(ecg_emb, text_emb, logit_scale)
-  raise NotImplementedError(name)
+  if name == "clip_shard_map":
+    return clip_loss_shard_map(ecg_emb, text_emb, logit_scale, mesh)
+  if name == "siglip":
+    if logit_bias is None:
+      raise ValueError("loss 'siglip' needs the learnable logit_bias (model.siglip_bias_init)")
+    return siglip_loss_ring(ecg_emb, text_emb, logit_scale, logit_bias, mesh)
+  raise ValueError(f"unknown loss {name!r}; choose one of {LOSSES}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import os
+import socket
+import time
 from typing import Any, Mapping
 
 import jax
@@ -33,9 +35,10 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
 
   Where the layout comes from, first match wins: the arguments (train's flags); the
   variables `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID` (set by
-  launch/local.sh); a Slurm job or TPU slice, which jax detects; else one process. An
-  unreachable coordinator fails after `initialization_timeout_s`, and a peer that stops
-  heartbeating fails the others after `heartbeat_timeout_s`: errors, never a hang.
+  launch/local.sh); a Slurm job or TPU slice, which jax detects; else one process.
+  Never a hang: an unreachable coordinator is a ConnectionError after
+  `initialization_timeout_s`, and when a peer dies (no heartbeat for `heartbeat_timeout_s`)
+  jax's coordination service terminates every other process with a message naming it.
   """
   if not coordinator_address and os.environ.get(LOCAL_ENV[0]):
     missing = [name for name in LOCAL_ENV if not os.environ.get(name)]
@@ -51,9 +54,30 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
     if num_processes < 1 or not 0 <= process_id < num_processes:
       raise ValueError(f"distributed run: need num_processes >= 1 and 0 <= process_id < "
                        f"num_processes, got {num_processes} and {process_id}")
-    jax.distributed.initialize(coordinator_address, num_processes, process_id, **timeouts)
-  elif _cluster_detected():
-    jax.distributed.initialize(**timeouts)
+  elif not _cluster_detected():
+    return
+  if coordinator_address and process_id != 0:
+    _wait_for_coordinator(coordinator_address, initialization_timeout_s)
+  jax.distributed.initialize(coordinator_address or None, num_processes or None,
+                             None if process_id < 0 else process_id, **timeouts)
+
+
+def _wait_for_coordinator(address: str, timeout_s: int) -> None:
+  """Fails with one clear line when process 0's coordinator never answers; jax itself would
+  abort the interpreter with a C++ stack trace after the same timeout."""
+  host, _, port = address.rpartition(":")
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+        return
+    except OSError as e:
+      if time.monotonic() > deadline:
+        raise ConnectionError(
+            f"could not join the run: the coordinator {address} did not answer within "
+            f"{timeout_s} s ({e.strerror or e}); is process 0 running, and is the address "
+            f"reachable from this host?") from None
+      time.sleep(0.5)
 
 
 def mesh_shape(axes: Mapping[str, int], num_devices: int) -> dict[str, int]:
@@ -96,6 +120,29 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
+
+
+def fsdp_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int) -> PartitionSpec:
+  """The FSDP rule for one array: at least `min_size` elements -> split over the `fsdp` axis
+  along its largest dimension that divides evenly; smaller arrays (norms, biases, scalars),
+  or arrays with no such dimension, stay replicated."""
+  if fsdp_size == 1 or math.prod(shape) < min_size:
+    return PartitionSpec()
+  divisible = [d for d in range(len(shape)) if shape[d] % fsdp_size == 0]
+  if not divisible:
+    return PartitionSpec()
+  split = max(divisible, key=lambda d: shape[d])
+  return PartitionSpec(*("fsdp" if d == split else None for d in range(len(shape))))
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh, fsdp_min_size: int) -> Any:
+  """Shardings for every array of the train state (parameters and optimizer moments alike)
+  from the FSDP rule; with no `fsdp` axis, or one of size 1, everything is replicated (pure
+  data parallel)."""
+  fsdp_size = mesh.shape.get("fsdp", 1)
+  return jax.tree.map(
+      lambda x: NamedSharding(mesh, fsdp_spec(x.shape, fsdp_size, fsdp_min_size)),
+      abstract_state)
 
 
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:

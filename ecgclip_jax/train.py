@@ -2,8 +2,11 @@
 
     python -m ecgclip_jax.train --config configs/demo.py --workdir DIR [--config.total_steps=N]
 
-Builds the corpus when missing, resumes from the newest checkpoint in DIR/checkpoints,
-and ends with the evaluation job (see evaluate.py).
+Builds the corpus when missing, resumes from the newest checkpoint in DIR/checkpoints (in
+any process layout), and ends with the evaluation job (see evaluate.py). Several processes
+join one run through --coordinator_address/--num_processes/--process_id, the JAX_* variables
+of launch/local.sh, or a detected Slurm job or TPU slice (parallel.initialize_distributed).
+On SIGTERM every process stops at one agreed step, saves it and exits 0 (preemption.py).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import time
 
 import jax
 import ml_collections
-from ecgclip_jax import checkpoint, cli, evaluate, parallel, train_state
+from ecgclip_jax import checkpoint, cli, evaluate, parallel, preemption, train_state
 from ecgclip_jax.config_defaults import validate_config
 from ecgclip_jax.data import pipeline, sources
 from ecgclip_jax.metrics_writer import MetricWriter
@@ -55,24 +58,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
       f"{jax.process_count()} process(es); global batch {config.batch_size}")
 
   # =====================================================================================
-  # Data: this process's shard of the training split.
+  # Model and state: fresh, or resumed from the newest checkpoint, sharded by the FSDP rule.
   # =====================================================================================
-  dataset = sources.open_dataset(config.data)
-  train_source = dataset.source(config.data.train_split)
-  tokenizer = hf_import.load_tokenizer(encoder_dir)
-  train_iter = pipeline.make_train_iterator(
-      train_source, tokenizer=tokenizer, max_text_length=config.text.max_length,
-      normalization=config.data.normalization, per_process_batch_size=per_process_batch,
-      seed=config.seed, process_index=jax.process_index(),
-      process_count=jax.process_count(), worker_count=config.data.worker_count)
-
-  # =====================================================================================
-  # Model and state: fresh, or resumed from the newest checkpoint.
-  # =====================================================================================
-  trainer = train_state.Trainer(config)
+  trainer = train_state.Trainer(config, mesh)
   replicated = parallel.replicated(mesh)
-  abstract = trainer.abstract_state(replicated)
-  shardings = jax.tree.map(lambda x: x.sharding, abstract)
+  shapes = trainer.abstract_state()
+  shardings = parallel.state_shardings(shapes, mesh, config.sharding.fsdp_min_size)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          shapes, shardings)
   manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints)
   latest = manager.latest_step()
   if latest is None:
@@ -81,12 +74,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
         shardings)
     log(f"initialized a new run in {workdir}")
   else:
-    state = checkpoint.restore(manager, latest, abstract, train_iter)
+    state = checkpoint.restore(manager, latest, abstract)
     log(f"resumed from checkpoint step {latest} in {checkpoint.checkpoint_dir(workdir)}")
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   num_trainable = sum(x.size for x in jax.tree.leaves(train_state.partition(
       state.params, trainer.mask)[0]))
-  log(f"parameters: {num_params:,} ({num_trainable:,} trainable)")
+  num_sharded = sum(x.size for x in jax.tree.leaves(state.params)
+                    if not x.sharding.is_fully_replicated)
+  log(f"parameters: {num_params:,} ({num_trainable:,} trainable, {num_sharded:,} sharded "
+      f"over fsdp)")
+
+  # =====================================================================================
+  # Data: this process's rows of every global batch, from the restored step on.
+  # =====================================================================================
+  dataset = sources.open_dataset(config.data)
+  train_source = dataset.source(config.data.train_split)
+  tokenizer = hf_import.load_tokenizer(encoder_dir)
+  train_iter = pipeline.make_train_iterator(
+      train_source, tokenizer=tokenizer, max_text_length=config.text.max_length,
+      normalization=config.data.normalization, per_process_batch_size=per_process_batch,
+      seed=config.seed, process_index=jax.process_index(),
+      process_count=jax.process_count(), worker_count=config.data.worker_count,
+      start_step=int(state.step))
 
   # =====================================================================================
   # Training loop.
@@ -94,8 +103,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   step_fn = jax.jit(trainer.train_step, in_shardings=(shardings, parallel.batch_sharding(mesh)),
                     out_shardings=(shardings, replicated), donate_argnums=0)
   writer = MetricWriter(workdir)
+  watch = preemption.PreemptionWatch()
   first_step = int(state.step)
   window_start, window_steps = None, 0
+  preempted = False
   for step in range(first_step + 1, config.total_steps + 1):
     batch = parallel.global_batch(next(train_iter), mesh)
     state, metrics = step_fn(state, batch)
@@ -116,12 +127,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
       log(f"step {step}/{config.total_steps}  loss {metrics['loss']:.4f}  "
           f"logit_scale {metrics['logit_scale']:.2f}  lr {metrics['learning_rate']:.2e}  {speed}")
       window_start, window_steps = time.time(), 0
-    if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
-      checkpoint.save(manager, step, state, train_iter, config)
+    preempted = watch.reached(step)
+    if preempted or step % config.checkpoint_every_steps == 0 or step == config.total_steps:
+      checkpoint.save(manager, step, state, config)
+    if preempted:
+      log(f"preemption notice: saved step {step}; stopping (rerun the command to resume)")
+      break
   manager.wait_until_finished()
+  watch.close()
   writer.close()
   if first_step >= config.total_steps:
     log(f"training already complete at step {first_step}")
+  if preempted:
+    manager.close()
+    return state
 
   # =====================================================================================
   # Evaluation of the final weights.
@@ -136,7 +155,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
 
 def main():
   config, workdir = cli.define_config_and_workdir("Directory for checkpoints, metrics, eval.")
-  cli.run(lambda: train_and_evaluate(config.value, workdir.value))
+  join_run = cli.define_distributed_flags()
+
+  def job():
+    join_run()
+    train_and_evaluate(config.value, workdir.value)
+
+  cli.run(job)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 The model lives as a static NNX graph definition plus plain nested dicts of arrays
 (parameters; BatchNorm statistics), so the state is an ordinary pytree that optax updates,
-`jax.jit` shards and Orbax saves without NNX-specific handling.
+`jax.jit` shards and Orbax saves without NNX-specific handling. Parameters, gradients and
+optimizer state are float32 whatever `model.dtype` (the towers' compute dtype) is.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ecgclip_jax import losses
+from ecgclip_jax import losses, parallel
 from ecgclip_jax.models import bert as bert_lib
 from ecgclip_jax.models import clip, hf_import, resnet1d
 
@@ -41,18 +43,22 @@ def ecg_encoder_config(config: ml_collections.ConfigDict) -> resnet1d.ResNet1DCo
   """The ECG tower's structure; downstream jobs rebuild the tower alone from it."""
   return resnet1d.ResNet1DConfig(
       arch=config.ecg.arch, width_multiplier=config.ecg.width_multiplier,
-      pooling=config.ecg.pooling, num_samples=config.data.num_samples, dtype=config.model.dtype)
+      pooling=config.ecg.pooling, num_samples=config.data.num_samples, dtype=config.model.dtype,
+      norm=config.ecg.norm, remat=config.ecg.remat)
 
 
 def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> clip.ECGCLIP:
-  """The two-tower model with randomly initialized weights (structure from the config)."""
+  """The two-tower model with randomly initialized weights (structure from the config).
+  Only the sigmoid loss has a logit bias, so the softmax losses keep their parameter tree."""
   ecg_config = ecg_encoder_config(config)
   text_config = bert_lib.BertConfig.from_hf_dir(text_encoder_dir(config))
   text_encoder = bert_lib.BertEncoder(text_config, dtype=config.model.dtype, rngs=rngs)
   return clip.ECGCLIP(
       ecg_config, text_encoder, embed_dim=config.model.embed_dim,
       text_pooling=config.text.pooling, logit_scale_init=config.model.logit_scale_init,
-      learn_logit_scale=config.model.learn_logit_scale, rngs=rngs)
+      learn_logit_scale=config.model.learn_logit_scale,
+      logit_bias_init=config.model.siglip_bias_init if config.model.loss == "siglip" else None,
+      rngs=rngs)
 
 
 def split_model(model: clip.ECGCLIP) -> tuple[nnx.GraphDef, Params, Params]:
@@ -123,10 +129,21 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 # ---------------------------------------------------------------------------------------
 
 class Trainer:
-  """Holds the static parts (graph definition, masks, optimizer) and builds pure steps."""
+  """Holds the static parts (graph definition, masks, optimizer) and builds pure steps.
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  `mesh` is the device mesh the steps run on: the shard_map losses need it, and gradient
+  accumulation pins its microbatches to the batch axes with it (None: a single device, or
+  leave the layout to XLA).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh | None = None):
     self.config = config
+    self.mesh = mesh
+    rows = config.grad_accum_steps * (1 if mesh is None else parallel.data_parallel_size(mesh))
+    if config.batch_size % rows:
+      raise ValueError(f"batch_size {config.batch_size} does not split into grad_accum_steps "
+                       f"{config.grad_accum_steps} microbatches spread evenly over the "
+                       f"data-parallel devices: it must be divisible by {rows}")
     model = nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0)))
     self.graphdef, abstract_params, _ = split_model(model)
     self.num_text_layers = model.text_encoder.config.num_layers
@@ -161,27 +178,109 @@ class Trainer:
   def model(self, params: Params, model_state: Params) -> clip.ECGCLIP:
     return nnx.merge(self.graphdef, params, model_state)
 
-  def train_step(self, state: TrainState, batch: dict[str, jax.Array]):
+  def _embed(self, trainable: Params, frozen: Params, model_state: Params,
+             batch: dict[str, jax.Array], dropout_key: jax.Array):
+    """Train-mode unit embeddings `(ecg, text)` of a (micro)batch, and the new BatchNorm
+    statistics. Dropout only where the text tower trains."""
+    dropout_rngs = nnx.Rngs(dropout=dropout_key) if self.text_trains else None
+    model = self.model(combine(trainable, frozen), model_state)
+    ecg_emb = model.encode_ecg(batch["ecg"], train=True)
+    text_emb = model.encode_text(batch["input_ids"], batch["attention_mask"], dropout_rngs)
+    return (ecg_emb, text_emb), nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+
+  def _loss(self, params: Params, model_state: Params, embeddings) -> jax.Array:
+    """The configured loss of the whole global batch; the parameters enter only through the
+    logit scale and bias."""
+    model = self.model(params, model_state)
+    return losses.contrastive_loss(self.config.model.loss, *embeddings, model.scale(),
+                                   model.bias(), self.mesh)
+
+  def _constrain_rows(self, x: jax.Array, batch_dim: int) -> jax.Array:
+    """Pins dimension `batch_dim` to the mesh's batch axes (nothing to pin without a mesh)."""
+    if self.mesh is None:
+      return x
+    spec = PartitionSpec(*(None,) * batch_dim, parallel.batch_axes(self.mesh))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
+
+  def microbatches(self, tree):
+    """`[B, ...] -> [k, B/k, ...]`, microbatch j holding rows j, j+k, j+2k, ... With the batch
+    in contiguous row blocks over the devices, each device's block splits evenly into the k
+    microbatches: every microbatch spreads over all devices, with no data moved."""
+    k = self.config.grad_accum_steps
+    return jax.tree.map(lambda x: self._constrain_rows(
+        x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), 1), tree)
+
+  def merge_microbatches(self, tree):
+    """The inverse of `microbatches`: the original row order and sharding."""
+    return jax.tree.map(lambda x: self._constrain_rows(
+        x.swapaxes(0, 1).reshape(-1, *x.shape[2:]), 0), tree)
+
+  def loss_and_grads(self, state: TrainState, batch: dict[str, jax.Array]):
+    """`(loss, grads, model_state)`: the loss of the global batch, its gradients for the
+    trainable parameters (`partition`'s trainable tree) and the new BatchNorm statistics.
+
+    With `grad_accum_steps` k > 1 the batch runs as k microbatches (GradCache, Gao et al.
+    2021), still for the loss of the whole batch, which couples every example: (a) embed
+    every microbatch without gradients; (b) the loss of all the embeddings, and its
+    gradients for them and for the logit scale and bias; (c) per microbatch, recompute its
+    embeddings under `jax.vjp` and pull its slice of (b)'s gradient back to the parameters,
+    summing. Only one microbatch's activations are alive at a time. Microbatches hold rows
+    j, j+k, ... (see `microbatches`). BatchNorm normalizes each microbatch with that
+    microbatch's statistics (as any accumulation does), and its running statistics are
+    updated microbatch after microbatch; GroupNorm (`ecg.norm="group"`) gives exactly the
+    full batch's gradients. Microbatch j's dropout key is the step's key folded with j, the
+    same in (a) and (c). With k == 1 this is one plain `jax.value_and_grad`.
+    """
     trainable, frozen = partition(state.params, self.mask)
-    # Dropout only where the text tower trains; its key is a pure function of (seed, step).
+    # The dropout key is a pure function of (seed, step).
     dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    k = self.config.grad_accum_steps
+    loss_of = lambda trainable, embeddings: self._loss(combine(trainable, frozen),
+                                                       state.model_state, embeddings)
+    if k == 1:
+      def loss_fn(trainable):
+        embeddings, model_state = self._embed(trainable, frozen, state.model_state, batch,
+                                              dropout_key)
+        return loss_of(trainable, embeddings), model_state
 
-    def loss_fn(trainable):
-      dropout_rngs = nnx.Rngs(dropout=dropout_key) if self.text_trains else None
-      model = self.model(combine(trainable, frozen), state.model_state)
-      ecg_emb = model.encode_ecg(batch["ecg"], train=True)
-      text_emb = model.encode_text(batch["input_ids"], batch["attention_mask"], dropout_rngs)
-      scale = model.scale()
-      new_model_state = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-      return losses.clip_loss(ecg_emb, text_emb, scale), (new_model_state, scale)
+      (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+      return loss, grads, model_state
 
-    (loss, (model_state, scale)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    def embed(trainable, model_state, microbatch, index):
+      return self._embed(trainable, frozen, model_state, microbatch,
+                         jax.random.fold_in(dropout_key, index))
+
+    micro = (self.microbatches(batch), jnp.arange(k))
+    # (a) Train-mode outputs do not read the running statistics: (c) alone updates them.
+    cached = jax.lax.map(lambda xs: embed(trainable, state.model_state, *xs)[0], micro)
+    # (b)
+    loss, (grads, emb_grads) = jax.value_and_grad(loss_of, argnums=(0, 1))(
+        trainable, self.merge_microbatches(cached))
+
+    # (c)
+    def accumulate(carry, xs):
+      grads, model_state = carry
+      microbatch, index, emb_grad = xs
+      _, pullback, model_state = jax.vjp(
+          lambda p: embed(p, model_state, microbatch, index), trainable, has_aux=True)
+      return (jax.tree.map(jnp.add, grads, pullback(emb_grad)[0]), model_state), None
+
+    (grads, model_state), _ = jax.lax.scan(
+        accumulate, (grads, state.model_state), (*micro, self.microbatches(emb_grads)))
+    return loss, grads, model_state
+
+  def train_step(self, state: TrainState, batch: dict[str, jax.Array]):
+    loss, grads, model_state = self.loss_and_grads(state, batch)
+    trainable, frozen = partition(state.params, self.mask)
     updates, opt_state = self.tx.update(grads, state.opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
     new_state = state.replace(step=state.step + 1, params=combine(trainable, frozen),
                               model_state=model_state, opt_state=opt_state)
-    metrics = {"loss": loss, "logit_scale": scale, "grad_norm": optax.tree.norm(grads),
+    model = self.model(state.params, state.model_state)  # the scale and bias the loss used
+    metrics = {"loss": loss, "logit_scale": model.scale(), "grad_norm": optax.tree.norm(grads),
                "learning_rate": learning_rate_schedule(self.config)(state.step)}
+    if model.bias() is not None:
+      metrics["logit_bias"] = model.bias()
     return new_state, metrics
 
   def embed_ecg(self, params: Params, model_state: Params, ecg: jax.Array) -> jax.Array:

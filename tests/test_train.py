@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import signal
 
 import jax
 import numpy as np
@@ -85,3 +86,14 @@ def test_locked_defaults_reject_misspelt_keys_where_written():
   with pytest.raises(AttributeError):
     c.optim.learning_rat = 1.0
   validate_config(c)
+
+
+def test_sigterm_in_a_single_process_run_is_noticed_at_the_next_step():
+  from ecgclip_jax import preemption
+  before = signal.getsignal(signal.SIGTERM)
+  watch = preemption.PreemptionWatch()
+  assert not watch.reached(1)
+  os.kill(os.getpid(), signal.SIGTERM)
+  assert watch.reached(2)
+  watch.close()
+  assert signal.getsignal(signal.SIGTERM) is before

@@ -1,4 +1,4 @@
-"""grain input pipelines: per-process shards, seeded shuffle, checkpointable state.
+"""grain input pipelines: one global training stream read in parallel, and eval passes.
 
 Sources are anything random-access with `len()` and `[i]` returning a record of
 the data contract (a `tfds.data_source(...)` split, or a list of dicts in tests).
@@ -7,8 +7,8 @@ eval, so the two can never disagree on normalization or tokenization.
 """
 
 import copy
-import json
 import math
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -73,6 +73,52 @@ class RecordTransform(grain.transforms.Map):
 # ----------------------------------------------------------------- training
 
 
+class GlobalBatchSampler:
+  """Training order that does not depend on how many processes or grain workers read it.
+
+  The run's records form one stream: epoch e is a seeded permutation of the N records, epochs
+  back to back, and global batch k is stream positions [kB, (k+1)B). Process p fills rows
+  [p*b, (p+1)*b) of every global batch, so within an epoch each record is read by exactly
+  one process. grain's DataLoader gives process p, worker w the sampler index
+  (j*W + w)*S + p for that worker's j-th record and batches each worker's records on its
+  own, round robin over workers; `__getitem__` inverts that mapping. So 1 process or 64,
+  0 workers or 8, see the same global batches, and the data position after k steps is k:
+  a run resumes from its step in any process layout.
+  """
+
+  def __init__(self, num_records: int, per_process_batch_size: int, process_count: int,
+               worker_count: int, seed: int, start_step: int = 0):
+    self._n, self._b, self._s = num_records, per_process_batch_size, process_count
+    self._w = max(worker_count, 1)
+    self._seed, self._start_step = seed, start_step
+    self._cached = (-1, np.empty(0, np.int64))  # (epoch, its permutation), swapped whole
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __repr__(self) -> str:
+    return (f"GlobalBatchSampler(num_records={self._n}, per_process_batch_size={self._b}, "
+            f"process_count={self._s}, worker_count={self._w}, seed={self._seed}, "
+            f"start_step={self._start_step})")
+
+  def stream_position(self, index: int) -> int:
+    process, local = index % self._s, index // self._s
+    worker, j = local % self._w, local // self._w
+    worker_batch, row = divmod(j, self._b)
+    step = self._start_step + worker_batch * self._w + worker
+    return (step * self._s + process) * self._b + row
+
+  def __getitem__(self, index: int) -> grain.RecordMetadata:
+    position = self.stream_position(index)
+    epoch, offset = divmod(position, self._n)
+    cached_epoch, order = self._cached  # one read: grain's reader threads share this sampler
+    if epoch != cached_epoch:  # reads move through the epochs in order
+      order = np.random.default_rng([self._seed, epoch]).permutation(self._n)
+      self._cached = (epoch, order)
+    rng = np.random.Generator(np.random.Philox(key=[self._seed, position]))
+    return grain.RecordMetadata(index=index, record_key=int(order[offset]), rng=rng)
+
+
 def make_train_iterator(
     source: Sequence[dict[str, Any]],
     *,
@@ -84,38 +130,22 @@ def make_train_iterator(
     process_index: int,
     process_count: int,
     worker_count: int = 0,
+    start_step: int = 0,
 ) -> grain.DataLoaderIterator:
-  """Returns an endless iterator of this process's training batches.
-
-  Each process owns the contiguous shard `process_index` of `process_count`
-  (equal sizes; the remainder N % process_count is dropped), shuffled with
-  `seed` and reshuffled every epoch. The stream is infinite, so batches run
-  across epoch boundaries. Batches are dicts of numpy: `ecg` float32 [b, T, 12],
-  `lead_mask` bool [b, 12], `input_ids`/`attention_mask` int32 [b, L],
-  `labels` bool [b, num_labels].
-
-  Checkpoint with `iterator_state_to_json` / `restore_iterator_state`; a state
-  restores only into an iterator built with the same source (by repr), sampler
-  (length, shard, seed) and `worker_count` -- grain checks and raises.
+  """Returns an endless iterator of this process's rows of global batches `start_step`,
+  `start_step + 1`, ... (see GlobalBatchSampler). Batches are dicts of numpy: `ecg` float32
+  [b, T, 12], `lead_mask` bool [b, 12], `input_ids`/`attention_mask` int32 [b, L], `labels`
+  bool [b, num_labels].
   """
-  if len(source) < process_count:
-    raise ValueError(
-        f"{len(source)} records cannot feed {process_count} processes."
-    )
+  if len(source) < per_process_batch_size * process_count:
+    raise ValueError(f"{len(source)} records cannot fill a global batch of "
+                     f"{per_process_batch_size * process_count}")
   if worker_count and not flags.FLAGS.is_parsed():
     # grain reads its absl flags when it starts worker processes; a plain
     # script (no absl.app.run) has not parsed them, so take the defaults.
     flags.FLAGS.mark_as_parsed()
-  shard_options = grain.sharding.ShardOptions(
-      shard_index=process_index, shard_count=process_count, drop_remainder=True
-  )
-  sampler = grain.samplers.IndexSampler(
-      num_records=len(source),
-      shard_options=shard_options,
-      shuffle=True,
-      num_epochs=None,
-      seed=seed,
-  )
+  sampler = GlobalBatchSampler(len(source), per_process_batch_size, process_count,
+                               worker_count, seed, start_step)
   loader = grain.DataLoader(
       data_source=source,
       sampler=sampler,
@@ -124,25 +154,10 @@ def make_train_iterator(
           grain.transforms.Batch(per_process_batch_size, drop_remainder=True),
       ],
       worker_count=worker_count,
-      shard_options=shard_options,
+      shard_options=grain.sharding.ShardOptions(shard_index=process_index,
+                                                shard_count=process_count),
   )
   return iter(loader)
-
-
-def iterator_state_to_json(iterator: grain.DataLoaderIterator) -> dict[str, Any]:
-  """Returns the iterator position as a JSON-serialisable dict.
-
-  grain hands its state out as UTF-8 JSON bytes; a dict stores directly in an
-  Orbax JSON item next to the train state.
-  """
-  return json.loads(iterator.get_state().decode("utf-8"))
-
-
-def restore_iterator_state(
-    iterator: grain.DataLoaderIterator, state: dict[str, Any]
-) -> None:
-  """Moves `iterator` to `state` (from `iterator_state_to_json`)."""
-  iterator.set_state(json.dumps(state).encode("utf-8"))
 
 
 # --------------------------------------------------------------- evaluation

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from typing import Callable
 
+import jax
 import ml_collections
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 SYNTHETIC = "synthetic_ecg_reports"
 
@@ -75,12 +78,23 @@ def _prepared_builder(data_config: ml_collections.ConfigDict) -> tfds.core.Datas
   return builder
 
 
+def _built_by_process_zero(
+    open_or_build: Callable[[], tfds.core.DatasetBuilder]) -> tfds.core.DatasetBuilder:
+  """In a multi-process run only process 0 builds a missing dataset (into the shared
+  data_dir); the others wait for it and then open the finished build."""
+  if jax.process_count() == 1:
+    return open_or_build()
+  builder = open_or_build() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices("ecgclip_jax dataset built")
+  return builder or open_or_build()
+
+
 def open_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
   """The dataset named by the config, checked against the config's record length."""
   if data_config.name == SYNTHETIC:
-    dataset = Dataset(_synthetic_builder(data_config))
+    dataset = Dataset(_built_by_process_zero(lambda: _synthetic_builder(data_config)))
   else:
-    dataset = Dataset(_prepared_builder(data_config))
+    dataset = Dataset(_built_by_process_zero(lambda: _prepared_builder(data_config)))
   if dataset.num_samples != data_config.num_samples:
     raise ValueError(
         f"{dataset.builder.info.full_name} has records of {dataset.num_samples} samples, "

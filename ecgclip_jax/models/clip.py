@@ -1,7 +1,11 @@
 """Two-tower ECG–report model: unit embeddings from each tower and a logit scale.
 
 Parameter paths: `ecg_encoder/...` (see resnet1d), `ecg_projection`, `text_encoder/...`
-(see bert), `text_projection`, `logit_scale` (learnable log-scale only).
+(see bert), `text_projection`, `logit_scale` (learnable log-scale only), `logit_bias`
+(SigLIP's learnable bias, only in models built with `logit_bias_init`).
+
+Under a bfloat16 compute dtype the towers run in bfloat16 on float32 parameters; the
+projections and the unit embeddings are float32, so the loss is computed in float32.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ class ECGCLIP(nnx.Module):
 
   def __init__(self, ecg_config: resnet1d.ResNet1DConfig, text_encoder: bert_lib.BertEncoder,
                *, embed_dim: int, text_pooling: str, logit_scale_init: float,
-               learn_logit_scale: bool, rngs: nnx.Rngs):
+               learn_logit_scale: bool, logit_bias_init: float | None = None,
+               rngs: nnx.Rngs):
     if text_pooling not in bert_lib.POOLING_METHODS:
       raise ValueError(f"unknown text pooling {text_pooling!r}; choose one of {bert_lib.POOLING_METHODS}")
     self.ecg_encoder = resnet1d.ResNet1D(ecg_config, rngs=rngs)
@@ -38,6 +43,9 @@ class ECGCLIP(nnx.Module):
     self.text_pooling = text_pooling
     log_scale = jnp.asarray(math.log(logit_scale_init), jnp.float32)
     self.logit_scale = nnx.Param(log_scale) if learn_logit_scale else log_scale
+    # None for the softmax losses, so their checkpoints keep the same parameter tree.
+    self.logit_bias = (None if logit_bias_init is None
+                       else nnx.Param(jnp.asarray(logit_bias_init, jnp.float32)))
 
   def encode_ecg(self, ecg: jax.Array, train: bool = False) -> jax.Array:
     return l2_normalize(self.ecg_projection(self.ecg_encoder(ecg, train=train)))
@@ -52,3 +60,6 @@ class ECGCLIP(nnx.Module):
   def scale(self) -> jax.Array:
     log_scale = self.logit_scale[...] if isinstance(self.logit_scale, nnx.Param) else self.logit_scale
     return jnp.minimum(jnp.exp(log_scale), MAX_LOGIT_SCALE)
+
+  def bias(self) -> jax.Array | None:
+    return None if self.logit_bias is None else self.logit_bias[...]

@@ -4,7 +4,9 @@ Stem: conv k=7 s=2 (no max-pool, so a 100 Hz record keeps enough time resolution
 then BasicBlock stages with widths 64->512 and strides 1/2/2/2: the total stride is 16.
 Input is channels-last `[B, T, leads]` (the data contract is time-major).
 Parameter paths: `stem_conv`, `stem_norm`, `stages/<s>/<b>/{conv1,norm1,conv2,norm2,down_conv,down_norm}`,
-`pool` (attention pooling only).
+`pool` (attention pooling only). The `*norm` modules are BatchNorm (`norm="batch"`, with
+running statistics) or GroupNorm (`norm="group"`: no statistics, and each example is
+normalized on its own, so the output does not depend on the batch it shares).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ class ResNet1DConfig:
   pooling: str = "avg"  # "avg" or "attention" (MERL's attention pooling)
   attention_heads: int = 8
   num_samples: int = 1000  # input length; only attention pooling needs it
-  dtype: str = "float32"
+  dtype: str = "float32"  # compute dtype; parameters stay float32
+  norm: str = "batch"  # "batch" or "group" (see group_norm_groups)
+  remat: bool = False  # recompute each residual block's activations in the backward pass
 
   @property
   def widths(self) -> tuple[int, ...]:
@@ -40,35 +44,60 @@ class ResNet1DConfig:
     return self.widths[-1]
 
 
-def _batch_norm(features: int, dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
+NORMS = ("batch", "group")
+MAX_GROUPS = 32  # GroupNorm's usual group count (Wu & He, 2018)
+
+
+def group_norm_groups(features: int) -> int:
+  """The largest divisor of `features` up to 32: 32 groups for every width from 32 up in
+  the standard layouts; narrower layers (width multipliers < 0.5) get one channel a group."""
+  return max(g for g in range(1, MAX_GROUPS + 1) if features % g == 0)
+
+
+def _norm(kind: str, features: int, dtype, rngs: nnx.Rngs) -> nnx.BatchNorm | nnx.GroupNorm:
+  if kind == "group":
+    return nnx.GroupNorm(features, group_norm_groups(features), epsilon=1e-5, dtype=dtype,
+                         rngs=rngs)
   # PyTorch's momentum 0.1 is Flax's 0.9.
   return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+
+
+def _normalize(norm: nnx.BatchNorm | nnx.GroupNorm, x: jax.Array, train: bool) -> jax.Array:
+  """BatchNorm uses batch statistics only in training; GroupNorm is the same in both modes."""
+  if isinstance(norm, nnx.BatchNorm):
+    return norm(x, use_running_average=not train)
+  return norm(x)
 
 
 class BasicBlock1D(nnx.Module):
   """Two k=3 convolutions with a projection shortcut when shape changes."""
 
-  def __init__(self, in_features: int, features: int, stride: int, dtype, *, rngs: nnx.Rngs):
+  def __init__(self, in_features: int, features: int, stride: int, dtype, norm: str, *,
+               rngs: nnx.Rngs):
     conv = lambda i, o, k, s: nnx.Conv(i, o, k, s, padding=[(k // 2, k // 2)], use_bias=False,
                                        dtype=dtype, rngs=rngs)
     self.conv1 = conv(in_features, features, 3, stride)
-    self.norm1 = _batch_norm(features, dtype, rngs)
+    self.norm1 = _norm(norm, features, dtype, rngs)
     self.conv2 = conv(features, features, 3, 1)
-    self.norm2 = _batch_norm(features, dtype, rngs)
+    self.norm2 = _norm(norm, features, dtype, rngs)
     if stride != 1 or in_features != features:
       self.down_conv = conv(in_features, features, 1, stride)
-      self.down_norm = _batch_norm(features, dtype, rngs)
+      self.down_norm = _norm(norm, features, dtype, rngs)
     else:
       self.down_conv = self.down_norm = None
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    frozen_stats = not train
-    y = nnx.relu(self.norm1(self.conv1(x), use_running_average=frozen_stats))
-    y = self.norm2(self.conv2(y), use_running_average=frozen_stats)
+    y = nnx.relu(_normalize(self.norm1, self.conv1(x), train))
+    y = _normalize(self.norm2, self.conv2(y), train)
     shortcut = x
     if self.down_conv is not None:
-      shortcut = self.down_norm(self.down_conv(x), use_running_average=frozen_stats)
+      shortcut = _normalize(self.down_norm, self.down_conv(x), train)
     return nnx.relu(y + shortcut)
+
+
+# The backward pass recomputes the block's activations from its input instead of keeping
+# them: memory for a long record's activations falls to the blocks' inputs (`train` static).
+_remat_block = nnx.remat(BasicBlock1D.__call__, static_argnums=(2,))
 
 
 class AttentionPool1D(nnx.Module):
@@ -100,18 +129,21 @@ class ResNet1D(nnx.Module):
   def __init__(self, config: ResNet1DConfig, *, rngs: nnx.Rngs):
     if config.arch not in STAGE_DEPTHS:
       raise ValueError(f"unknown ECG encoder {config.arch!r}; choose one of {sorted(STAGE_DEPTHS)}")
+    if config.norm not in NORMS:
+      raise ValueError(f"unknown ECG norm {config.norm!r}; choose one of {NORMS}")
     self.config = config
     dtype = jnp.dtype(config.dtype)
     widths = config.widths
     self.stem_conv = nnx.Conv(config.in_leads, widths[0], 7, 2, padding=[(3, 3)],
                               use_bias=False, dtype=dtype, rngs=rngs)
-    self.stem_norm = _batch_norm(widths[0], dtype, rngs)
+    self.stem_norm = _norm(config.norm, widths[0], dtype, rngs)
     stages = []
     in_features = widths[0]
     for depth, width, stride in zip(STAGE_DEPTHS[config.arch], widths, STAGE_STRIDES):
       blocks = []
       for b in range(depth):
-        blocks.append(BasicBlock1D(in_features, width, stride if b == 0 else 1, dtype, rngs=rngs))
+        blocks.append(BasicBlock1D(in_features, width, stride if b == 0 else 1, dtype,
+                                   config.norm, rngs=rngs))
         in_features = width
       stages.append(nnx.List(blocks))
     self.stages = nnx.List(stages)
@@ -124,10 +156,11 @@ class ResNet1D(nnx.Module):
       raise ValueError(f"unknown ECG pooling {config.pooling!r}; choose 'avg' or 'attention'")
 
   def __call__(self, ecg: jax.Array, train: bool = False) -> jax.Array:
-    x = nnx.relu(self.stem_norm(self.stem_conv(ecg), use_running_average=not train))
+    x = nnx.relu(_normalize(self.stem_norm, self.stem_conv(ecg), train))
+    call_block = _remat_block if self.config.remat else BasicBlock1D.__call__
     for stage in self.stages:
       for block in stage:
-        x = block(x, train)
+        x = call_block(block, x, train)
     if self.pool is None:
       return x.mean(axis=1)
     return self.pool(x)

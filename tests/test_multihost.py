@@ -1,0 +1,217 @@
+"""Real multi-process runs on localhost (launch/local.sh, jax.distributed, gloo collectives):
+2 processes x 2 CPU devices train exactly like 1 process x 4, checkpoints restore into another
+process layout, SIGTERM on one host stops every host at one saved step, and a lost peer or an
+unreachable coordinator is an error within a bounded time, never a hang."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from ecgclip_jax import checkpoint, parallel, train_state
+from ecgclip_jax.config_defaults import default_config
+from ecgclip_jax.data import sources
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOCAL_SH = os.path.join(ROOT, "launch", "local.sh")
+# Reductions over 4 devices run in another order across 2 processes (gloo) than within one,
+# so results agree to float32 rounding, not bitwise: losses to 1e-5 relative, and all
+# parameters together to 1e-4 relative (L2). Adam divides by sqrt(v), which turns rounding
+# in a near-zero gradient into a visible update difference for that one element, so single
+# elements are held to atol 5e-4, a sixth of the largest move 3 steps at lr 1e-3 can make
+# (measured: at most 2.7e-4).
+ELEMENT_TOL = dict(rtol=1e-3, atol=5e-4)
+GLOBAL_RTOL = 1e-4
+LOSS_RTOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def run_args(tiny_text_encoder_dir, tfds_data_dir):
+  """The tiny run as command-line overrides of configs/demo.py; the corpus is built here
+  first, so the subprocesses only train."""
+  data = default_config().data
+  data.data_dir, data.num_patients = tfds_data_dir, 40
+  sources.open_dataset(data)
+  overrides = {
+      "data.data_dir": tfds_data_dir, "data.num_patients": 40,
+      "text.encoder_dir": tiny_text_encoder_dir, "text.pretrained": False,
+      "text.max_length": 24, "ecg.width_multiplier": 0.125, "model.embed_dim": 16,
+      "batch_size": 16, "total_steps": 3, "optim.warmup_steps": 1, "log_every_steps": 1,
+      "checkpoint_every_steps": 2, "eval.at_end_of_training": False,
+  }
+  return ["--config", os.path.join(ROOT, "configs", "demo.py")] + [
+      f"--config.{key}={value}" for key, value in overrides.items()]
+
+
+def train_command(run_args, workdir, *extra):
+  return [sys.executable, "-m", "ecgclip_jax.train", f"--workdir={workdir}", *run_args, *extra]
+
+
+def env_with(**values):
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+  return env | {"JAX_PLATFORMS": "cpu"} | values
+
+
+def run_single(run_args, workdir, devices, *extra):
+  out = subprocess.run(train_command(run_args, workdir, *extra), cwd=ROOT, text=True,
+                       capture_output=True, env=env_with(JAX_NUM_CPU_DEVICES=str(devices)),
+                       timeout=600)
+  assert out.returncode == 0, out.stdout + out.stderr
+  return out.stdout
+
+
+def run_local(run_args, workdir, processes=2, devices=2, *extra):
+  out = subprocess.run(
+      ["bash", LOCAL_SH, f"--num_processes={processes}", f"--cpu_devices={devices}", "--",
+       *train_command(run_args, workdir, *extra)],
+      cwd=ROOT, text=True, capture_output=True, env=env_with(), timeout=600)
+  assert out.returncode == 0, out.stdout + out.stderr
+  return out.stdout
+
+
+def restored_state(workdir, step):
+  manager = checkpoint.make_manager(str(workdir), read_only=True)
+  trainer = train_state.Trainer(checkpoint.restore_config(manager, step))
+  mesh = parallel.make_mesh({"data": -1})
+  return checkpoint.restore(manager, step, trainer.abstract_state(parallel.replicated(mesh)))
+
+
+def assert_same_state(a, b):
+  assert int(a.step) == int(b.step)
+  for name in ("params", "model_state", "opt_state"):
+    xs, ys = (np.concatenate([np.ravel(np.asarray(leaf)).astype(np.float64)
+                              for leaf in jax.tree.leaves(getattr(s, name))]) for s in (a, b))
+    np.testing.assert_allclose(xs, ys, **ELEMENT_TOL)
+    assert np.linalg.norm(xs - ys) <= GLOBAL_RTOL * np.linalg.norm(ys), name
+
+
+@pytest.fixture(scope="module")
+def one_by_four(run_args, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("1x4")
+  out = run_single(run_args, workdir, 4)
+  assert "mesh {'data': 4, 'fsdp': 1} over 4 cpu devices, 1 process(es)" in out
+  return workdir
+
+
+def test_two_processes_of_two_devices_train_like_one_process_of_four(run_args, one_by_four,
+                                                                     tmp_path):
+  out = run_local(run_args, tmp_path)
+  assert "[0] mesh {'data': 4, 'fsdp': 1} over 4 cpu devices, 2 process(es)" in out
+  assert "[1] step" not in out, "only process 0 logs"
+  assert [line.split()[2] for line in out.splitlines() if line.startswith("[0] step ")] == [
+      "1/3", "2/3", "3/3"]
+  # One metrics file, written by process 0; one checkpoint per step, coordinated by Orbax.
+  assert len(open(tmp_path / "metrics.jsonl").readlines()) == 3
+  assert checkpoint.make_manager(str(tmp_path), read_only=True).all_steps() == [2, 3]
+  losses = [json.loads(line)["loss"] for line in open(tmp_path / "metrics.jsonl")]
+  reference_losses = [json.loads(line)["loss"] for line in open(one_by_four / "metrics.jsonl")]
+  np.testing.assert_allclose(losses, reference_losses, rtol=LOSS_RTOL)
+  final = restored_state(tmp_path, 3)
+  reference = restored_state(one_by_four, 3)
+  assert_same_state(final, reference)
+  # The runs did train: the parameters moved away from the step-2 checkpoint.
+  before = restored_state(one_by_four, 2)
+  moved = [not np.allclose(x, y) for x, y in zip(jax.tree.leaves(before.params),
+                                                   jax.tree.leaves(final.params))]
+  assert sum(moved) > len(moved) // 2
+
+
+def test_a_checkpoint_of_one_process_resumes_in_two(run_args, one_by_four, tmp_path):
+  """4 devices in 1 process -> 2 x 2: the restored run reads the same data from its step
+  and reaches the uninterrupted run's step 3."""
+  os.makedirs(tmp_path / "checkpoints")
+  os.symlink(one_by_four / "checkpoints" / "2", tmp_path / "checkpoints" / "2")
+  out = run_local(run_args, tmp_path)
+  assert "[0] resumed from checkpoint step 2" in out
+  assert_same_state(restored_state(tmp_path, 3), restored_state(one_by_four, 3))
+
+
+def test_sigterm_to_one_process_saves_one_agreed_step_and_the_rerun_resumes(run_args, tmp_path):
+  long_run = ["--config.total_steps=100000", "--config.checkpoint_every_steps=100000"]
+  launcher = subprocess.Popen(
+      ["bash", LOCAL_SH, "--num_processes=2", "--cpu_devices=2", "--",
+       *train_command(run_args, tmp_path, *long_run)],
+      cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env_with(),
+      start_new_session=True)
+  lines = iter(launcher.stdout.readline, "")
+  seen = []
+  for line in lines:
+    seen.append(line)
+    if line.startswith("[0] step 3/"):
+      break
+  else:
+    pytest.fail("".join(seen))
+  # SIGTERM to process 1 only, as a preempted host would get it.
+  workers = subprocess.run(["pgrep", "-f", "--", f"--workdir={tmp_path}"], capture_output=True,
+                           text=True).stdout.split()
+  targets = [pid for pid in workers
+             if "JAX_PROCESS_ID=1" in open(f"/proc/{pid}/environ").read().replace("\0", " ")]
+  assert targets, workers
+  os.kill(int(targets[0]), signal.SIGTERM)
+  rest = launcher.communicate(timeout=300)[0]
+  output = "".join(seen) + rest
+  assert launcher.returncode == 0, output
+  saved = checkpoint.make_manager(str(tmp_path), read_only=True).all_steps()
+  assert len(saved) == 1 and saved[0] >= 3, output
+  assert f"[0] preemption notice: saved step {saved[0]}" in output
+  # The relaunched run continues from the saved step.
+  out = run_local(run_args, tmp_path, 2, 2, f"--config.total_steps={saved[0] + 1}")
+  assert f"[0] resumed from checkpoint step {saved[0]}" in out
+  assert f"[0] step {saved[0] + 1}/{saved[0] + 1}" in out
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_an_unreachable_coordinator_is_an_error_within_the_timeout(run_args, tmp_path):
+  start = time.time()
+  out = subprocess.run(
+      train_command(run_args, tmp_path, f"--coordinator_address=localhost:{_free_port()}",
+                    "--num_processes=2", "--process_id=1", "--initialization_timeout_s=5"),
+      cwd=ROOT, text=True, capture_output=True, env=env_with(), timeout=120)
+  assert out.returncode != 0
+  assert "error: could not join the run: the coordinator localhost:" in out.stderr
+  assert "did not answer within 5 s" in out.stderr
+  assert "Traceback" not in out.stderr
+  assert time.time() - start < 60
+
+
+def test_a_peer_that_dies_stops_the_others_within_the_heartbeat_timeout(run_args, tmp_path):
+  """Without the launcher's supervision (as on a pod): process 1 is killed outright and
+  process 0 must fail on its own, with JAX's message naming the lost task."""
+  port = _free_port()
+  long_run = ["--config.total_steps=100000", "--config.checkpoint_every_steps=100000",
+              "--heartbeat_timeout_s=5"]
+  procs = [subprocess.Popen(
+      train_command(run_args, tmp_path, *long_run), cwd=ROOT, text=True,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      env=env_with(JAX_NUM_CPU_DEVICES="2", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                   JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
+      for i in range(2)]
+  try:
+    seen = []
+    for line in iter(procs[0].stdout.readline, ""):
+      seen.append(line)
+      if line.startswith("step 2/"):
+        break
+    else:
+      pytest.fail("".join(seen))
+    procs[1].kill()
+    killed_at = time.time()
+    rest = procs[0].communicate(timeout=120)[0]
+    assert procs[0].returncode != 0
+    assert time.time() - killed_at < 60
+    assert "another task died" in rest or "unhealthy" in rest, rest[-2000:]
+  finally:
+    for p in procs:
+      p.kill()
