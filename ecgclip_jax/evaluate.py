@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import flags
+from etils import epath
 from jax.experimental import multihost_utils
 
 from ecgclip_jax import checkpoint, cli, parallel, train_state
@@ -119,12 +120,11 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, step: int,
   results["retrieval"] = retrieval.evaluate(split["ecg_emb"], split["text_emb"])
   results["seconds"] = round(time.time() - start, 1)
   if jax.process_index() == 0:
-    out_dir = os.path.join(workdir, "eval", str(step))
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
-      json.dump(results, f, indent=2)
+    out_file = epath.Path(workdir) / "eval" / str(step) / "metrics.json"
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(json.dumps(results, indent=2))
     print(format_table(results), flush=True)
-    print(f"wrote {os.path.join(out_dir, 'metrics.json')}", flush=True)
+    print(f"wrote {out_file}", flush=True)
   return results
 
 

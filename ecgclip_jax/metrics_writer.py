@@ -1,4 +1,6 @@
-"""Training metrics as TensorBoard events (tensorboardX: no TensorFlow) and JSON lines."""
+"""Training metrics as TensorBoard events (tensorboardX: no TensorFlow) and JSON lines, in a
+local workdir or a bucket (gs://: tensorboardX writes there itself; the JSON lines go
+through etils.epath)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import json
 import os
 
 import jax
+from etils import epath
 from tensorboardX import SummaryWriter
 
 
@@ -16,18 +19,25 @@ class MetricWriter:
     self._active = jax.process_index() == 0
     if self._active:
       self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      self._jsonl_path = epath.Path(workdir) / "metrics.jsonl"
+      self._remote = "://" in workdir
+      self._lines = (self._jsonl_path.read_text()
+                     if self._remote and self._jsonl_path.exists() else "")
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self._active:
       return
     for name, value in scalars.items():
       self._tensorboard.add_scalar(name, value, step)
-    self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-    self._jsonl.flush()
+    line = json.dumps({"step": step, **scalars}) + "\n"
+    if self._remote:  # bucket objects cannot be appended to; the file stays small
+      self._lines += line
+      self._jsonl_path.write_text(self._lines)
+    else:
+      with self._jsonl_path.open("a") as f:
+        f.write(line)
     self._tensorboard.flush()
 
   def close(self) -> None:
     if self._active:
       self._tensorboard.close()
-      self._jsonl.close()

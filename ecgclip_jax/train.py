@@ -11,11 +11,11 @@ On SIGTERM every process stops at one agreed step, saves it and exits 0 (preempt
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
 import ml_collections
+from etils import epath
 from ecgclip_jax import checkpoint, cli, evaluate, parallel, preemption, train_state
 from ecgclip_jax.config_defaults import validate_config
 from ecgclip_jax.data import pipeline, sources
@@ -29,14 +29,15 @@ def log(message: str) -> None:
 
 
 def check_workdir(workdir: str) -> None:
+  """A local folder or a bucket URL (gs://..., through etils.epath) this process can write."""
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_probe_{jax.process_index()}")
-    with open(probe, "w", encoding="utf-8"):
-      pass
-    os.remove(probe)
+    folder = epath.Path(workdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write_probe_{jax.process_index()}"
+    probe.write_text("")
+    probe.unlink()
   except OSError as e:
-    raise PermissionError(f"workdir {workdir!r} is not writable: {e.strerror}") from None
+    raise PermissionError(f"workdir {workdir!r} is not writable: {e.strerror or e}") from None
 
 
 def format_eta(seconds: float) -> str:
