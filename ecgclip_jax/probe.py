@@ -214,7 +214,7 @@ def supervised_scores(method: str, run: Run, names: list[str], splits: dict[str,
   init = None
   if run.pretrained:
     params, model_state = run.weights
-    init = {"params": params["ecg_encoder"], "batch_stats": model_state["ecg_encoder"]}
+    init = {"params": params["ecg_encoder"], "batch_stats": model_state.get("ecg_encoder", {})}
   tuned = finetune.finetune(
       train_state.ecg_encoder_config(run.config), init, len(names), train.source, indices,
       train.labels, val.source, val.labels, run.mesh,

@@ -7,9 +7,9 @@
 Compiles (never runs) `Trainer.loss_and_grads` on one device and prints one markdown row per
 record length and remat setting: XLA's temp memory of the whole gradient, and the bytes the
 ECG tower's forward pass saves for its backward pass (jax.vjp's residuals; remat changes
-nothing else). On accelerators the first follows the second. XLA:CPU drops remat's
-optimization barriers while compiling and computes the recomputation early, so on CPU the
-temp column does not fall: there, the residual column is the measure.
+nothing else). On CPU the temp column does not fall with remat (XLA:CPU's compiled program
+keeps none of remat's optimization barriers), so there the residual column is the measure;
+on GPU and TPU, where the barriers hold, temp memory is the number to read.
 """
 
 from __future__ import annotations
