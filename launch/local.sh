@@ -51,25 +51,8 @@ Examples:
 EOF
 }
 
-die() {
-  echo "$prog: $*" >&2
-  exit 2
-}
-
-# Prints its arguments as one shell command line (the quoting of Python's shlex.quote).
-shell_line() {
-  local word quoted=() q="'\\''"
-  for word in "$@"; do
-    if [[ $word =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-      quoted+=("$word")
-    else
-      quoted+=("'${word//\'/$q}'")
-    fi
-  done
-  printf '%s\n' "${quoted[*]}"
-}
-
-is_count() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 num_processes=2
 cpu_devices=""

@@ -61,25 +61,8 @@ Examples:
 EOF
 }
 
-die() {
-  echo "$prog: $*" >&2
-  exit 2
-}
-
-# Prints its arguments as one shell command line (the quoting of Python's shlex.quote).
-shell_line() {
-  local word quoted=() q="'\\''"
-  for word in "$@"; do
-    if [[ $word =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-      quoted+=("$word")
-    else
-      quoted+=("'${word//\'/$q}'")
-    fi
-  done
-  printf '%s\n' "${quoted[*]}"
-}
-
-is_count() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 nodes=1 gpus_per_node=8 per=gpu partition="" time_limit=24:00:00 account="" cpus_per_task=""
 job_name=ecgclip signal_s=120 requeue=1 python=python log_dir=$repo/slurm_logs dry_run=0

@@ -67,26 +67,10 @@ Examples:
 EOF
 }
 
-die() {
-  echo "$prog: $*" >&2
-  exit 2
-}
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 warn() { echo "$prog: warning: $*" >&2; }
-
-# Prints its arguments as one shell command line (the quoting of Python's shlex.quote).
-shell_line() {
-  local word quoted=() q="'\\''"
-  for word in "$@"; do
-    if [[ $word =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-      quoted+=("$word")
-    else
-      quoted+=("'${word//\'/$q}'")
-    fi
-  done
-  printf '%s\n' "${quoted[*]}"
-}
-
 run() {  # prints the command; runs it unless --dry-run
   if ((dry_run)); then
     shell_line "$@"
