@@ -22,12 +22,11 @@ from ecgclip_jax.data import sources
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCAL_SH = os.path.join(ROOT, "launch", "local.sh")
 # Reductions over 4 devices run in another order across 2 processes (gloo) than within one,
-# so results agree to float32 rounding, not bitwise: losses to 1e-5 relative, and all
-# parameters together to 1e-4 relative (L2). Adam divides by sqrt(v), which turns rounding
-# in a near-zero gradient into a visible update difference for that one element, so single
-# elements are held to atol 5e-4, a sixth of the largest move 3 steps at lr 1e-3 can make
-# (measured: at most 2.7e-4).
-ELEMENT_TOL = dict(rtol=1e-3, atol=5e-4)
+# so results agree to float32 rounding, not bitwise: losses to 1e-5 relative, and each part
+# of the state as a whole to 1e-4 relative (L2). Single elements are not compared: Adam
+# divides by sqrt(v), so rounding in a near-zero gradient can flip that element's update
+# (seen: 1 element in 1M off by 1.4e-3 = 1.4 lr). A wrong data order or wrong batch
+# statistics moves the state by ~1e-2 relative, a hundred times the tolerance.
 GLOBAL_RTOL = 1e-4
 LOSS_RTOL = 1e-5
 
@@ -88,7 +87,6 @@ def assert_same_state(a, b):
   for name in ("params", "model_state", "opt_state"):
     xs, ys = (np.concatenate([np.ravel(np.asarray(leaf)).astype(np.float64)
                               for leaf in jax.tree.leaves(getattr(s, name))]) for s in (a, b))
-    np.testing.assert_allclose(xs, ys, **ELEMENT_TOL)
     assert np.linalg.norm(xs - ys) <= GLOBAL_RTOL * np.linalg.norm(ys), name
 
 
