@@ -24,7 +24,8 @@ LOCAL_SH = os.path.join(ROOT, "launch", "local.sh")
 # Reductions over 4 devices run in another order across 2 processes (gloo) than within one,
 # so results agree to float32 rounding, not bitwise: losses to 1e-5 relative, and parameters
 # and BatchNorm statistics as a whole to 1e-4 relative (L2). Single elements are not
-# compared: Adam divides by sqrt(v), so rounding in a near-zero gradient can flip that element's update
+# compared: Adam divides by sqrt(v), so rounding in a near-zero gradient can flip that
+# element's update
 # (seen: 1 element in 1M off by 1.4e-3 = 1.4 lr). A wrong data order or wrong batch
 # statistics moves the state by ~1e-2 relative, a hundred times the tolerance.
 # Adam's moments agree only to a few percent (measured 4e-3 L2 against a norm of 4.2 that
