@@ -12,8 +12,9 @@ import difflib
 
 import ml_collections
 
+from ecgclip_jax.losses import LOSSES
+
 NORMALIZATIONS = ("minmax", "zscore", "none")
-LOSSES = ("clip", "clip_shard_map", "siglip")  # see losses.contrastive_loss
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 

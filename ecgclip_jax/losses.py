@@ -21,7 +21,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from ecgclip_jax import parallel
 
-LOSSES = ("clip", "clip_shard_map", "siglip")  # the same as config_defaults.LOSSES
+LOSSES = ("clip", "clip_shard_map", "siglip")  # `model.loss` values (contrastive_loss)
 
 
 def clip_logits(ecg_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array) -> jax.Array:

@@ -54,10 +54,10 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
     if num_processes < 1 or not 0 <= process_id < num_processes:
       raise ValueError(f"distributed run: need num_processes >= 1 and 0 <= process_id < "
                        f"num_processes, got {num_processes} and {process_id}")
+    if process_id != 0:
+      _wait_for_coordinator(coordinator_address, initialization_timeout_s)
   elif not _cluster_detected():
     return
-  if coordinator_address and process_id != 0:
-    _wait_for_coordinator(coordinator_address, initialization_timeout_s)
   jax.distributed.initialize(coordinator_address or None, num_processes or None,
                              None if process_id < 0 else process_id, **timeouts)
 

@@ -139,14 +139,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   writer.close()
   if first_step >= config.total_steps:
     log(f"training already complete at step {first_step}")
-  if preempted:
-    manager.close()
-    return state
 
   # =====================================================================================
   # Evaluation of the final weights.
   # =====================================================================================
-  if config.eval.at_end_of_training:
+  if config.eval.at_end_of_training and not preempted:
     evaluate.run_evaluation(config, workdir, int(state.step),
                             evaluate.Embedder(trainer, mesh, tokenizer), dataset,
                             (state.params, state.model_state))

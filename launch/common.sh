@@ -20,3 +20,17 @@ shell_line() {
 }
 
 is_count() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
+
+# Sets the array FLAGS_SPLIT to "$@" with every --flag=value before the first "--" split
+# into --flag value; what follows "--" (the trainer's own flags) is kept as given.
+split_flag_values() {
+  FLAGS_SPLIT=()
+  while (($#)); do
+    case $1 in
+      --) FLAGS_SPLIT+=("$@"); return ;;
+      --*=*) FLAGS_SPLIT+=("${1%%=*}" "${1#*=}") ;;
+      *) FLAGS_SPLIT+=("$1") ;;
+    esac
+    shift
+  done
+}

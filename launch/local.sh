@@ -60,16 +60,12 @@ port=""
 log_dir=""
 grace_s=10
 dry_run=0
+split_flag_values "$@"
+set -- "${FLAGS_SPLIT[@]}"
 while (($#)); do
   arg=$1
   shift
-  case $arg in
-    --) break ;;
-    --*=*)
-      set -- "${arg#*=}" "$@"
-      arg=${arg%%=*}
-      ;;
-  esac
+  [[ $arg == -- ]] && break
   case $arg in
     --num_processes | --cpu_devices | --port | --log_dir | --grace_s)
       (($#)) || die "$arg needs a value (see --help)"

@@ -67,16 +67,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 nodes=1 gpus_per_node=8 per=gpu partition="" time_limit=24:00:00 account="" cpus_per_task=""
 job_name=ecgclip signal_s=120 requeue=1 python=python log_dir=$repo/slurm_logs dry_run=0
 extra_sbatch=()
+split_flag_values "$@"
+set -- "${FLAGS_SPLIT[@]}"
 while (($#)); do
   arg=$1
   shift
-  case $arg in
-    --) break ;;
-    --*=*)
-      set -- "${arg#*=}" "$@"
-      arg=${arg%%=*}
-      ;;
-  esac
+  [[ $arg == -- ]] && break
   case $arg in
     --nodes | --gpus_per_node | --per | --partition | --time | --account | --cpus_per_task | \
       --job_name | --signal_s | --sbatch | --python | --log_dir)

@@ -97,16 +97,12 @@ shift
 name="" zone="" project="" accelerator_type="" version="" provisioning="" queued=0 poll_s=30
 existing=0 config="" workdir="" data_dir="" ref=HEAD extras="" python=python3.11 attach=0
 worker=0 dry_run=0
+split_flag_values "$@"
+set -- "${FLAGS_SPLIT[@]}"
 while (($#)); do
   arg=$1
   shift
-  case $arg in
-    --) break ;;
-    --*=*)
-      set -- "${arg#*=}" "$@"
-      arg=${arg%%=*}
-      ;;
-  esac
+  [[ $arg == -- ]] && break
   case $arg in
     --name | --zone | --project | --accelerator_type | --version | --poll_s | --config | \
       --workdir | --data_dir | --ref | --extras | --python | --worker)

@@ -91,7 +91,6 @@ def test_step_moves_trainable_parameters_only(tiny_config):
   assert int(state.step) == 2
 
 
-
 # ---------------------------------------------------------------------------------------
 # Loss choice, bfloat16 compute and gradient accumulation, on one small GroupNorm model with
 # a frozen text tower: no BatchNorm statistics and no dropout, so train-mode embeddings are
