@@ -3,19 +3,27 @@
 Items per step: `state` (parameters, BatchNorm statistics, optimizer state, step, RNG) and
 `config` (the resolved config as JSON). The data position is the step itself (see
 pipeline.GlobalBatchSampler), so a checkpoint restores into any process layout. Saves are
-asynchronous and coordinated by Orbax across processes; the manager keeps the newest N.
+asynchronous and coordinated by Orbax across processes; the manager keeps the newest N, and
+removes an old step only after the new one is committed.
+
+The training job's saves are sealed (integrity.py) and its restores verified: a damaged step
+is reported in one line, moved to WORKDIR/checkpoints_unusable/ (kept for inspection, out of
+Orbax's sight) and the next older step is used.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
 
-from ecgclip_jax import config_defaults
+from ecgclip_jax import config_defaults, integrity, train_state
 
 ITEMS = ("state", "config")
 
@@ -35,10 +43,71 @@ def make_manager(workdir: str, *, keep: int = 3, read_only: bool = False) -> ocp
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
          config: ml_collections.ConfigDict) -> None:
-  """Starts an asynchronous save of everything needed to continue from `step`."""
+  """Starts an asynchronous save of everything needed to continue from `step`; refuses
+  parameters or optimizer state holding NaN or Inf, which no later run could use."""
+  if not bool(jax.jit(train_state.all_finite)(state)):
+    raise FloatingPointError(f"refusing to checkpoint step {step}: the train state holds "
+                             "non-finite values")
   manager.save(step, force=True, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       config=ocp.args.JsonSave(json.loads(config.to_json()))))
+
+
+class SealedCheckpoints:
+  """The training job's checkpoint manager: each save is sealed with a manifest of its files
+  before Orbax commits it (on process 0, once every process has written its part), and
+  `restore_newest_intact` checks the seal before trusting a step."""
+
+  def __init__(self, workdir: str, keep: int):
+    self.directory = epath.Path(checkpoint_dir(workdir))
+    self.unusable_directory = self.directory.parent / "checkpoints_unusable"
+    self._saving: int | None = None
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=True,
+        async_options=ocp.AsyncOptions(post_finalization_callback=self._seal))
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+  def _seal(self) -> None:
+    """Runs after every process has written the step and before Orbax commits it: the
+    files are still in the temporary folder (or, on a bucket, in place before the marker)."""
+    final = self.directory / str(self._saving)
+    pending = [p for p in self.directory.glob(f"{self._saving}.orbax-checkpoint-tmp*")
+               if p.is_dir()]
+    integrity.write_manifest(pending[0] if pending else final)
+
+  def save(self, step: int, state: Any, config: ml_collections.ConfigDict) -> None:
+    self.manager.wait_until_finished()  # one save in flight: `_seal` knows its step
+    self._saving = step
+    save(self.manager, step, state, config)
+
+  def restore_newest_intact(self, abstract_state: Any,
+                            log: Callable[[str], None]) -> tuple[int | None, Any]:
+    """`(step, state)` of the newest step that passes its seal and restores, or
+    `(None, None)` when there is none. Each step passed over is reported in one line and
+    moved aside (by process 0; every process checks the same files, so all agree)."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      folder = self.directory / str(step)
+      problem = integrity.problem(folder)
+      if problem is None:
+        try:
+          return step, restore(self.manager, step, abstract_state)
+        except Exception as e:  # TensorStore and Orbax raise many kinds  # noqa: BLE001
+          problem = f"restore failed: {str(e).splitlines()[0][:200]}"
+      log(f"checkpoint step {step} is unusable: {problem}; moved to "
+          f"{self.unusable_directory / str(step)}, trying the previous step")
+      if jax.process_index() == 0:
+        self.unusable_directory.mkdir(parents=True, exist_ok=True)
+        folder.rename(self.unusable_directory / str(step))
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"ecgclip_jax set aside step {step}")
+      self.manager.reload()
+    return None, None
+
+  def wait_until_finished(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:

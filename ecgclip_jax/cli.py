@@ -12,7 +12,8 @@ from ml_collections import config_flags
 from ecgclip_jax import parallel
 
 # What a user can fix from the message alone: shown as one line, not a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, ConnectionError)
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, ConnectionError,
+               FloatingPointError)
 
 
 def define_config_and_workdir(workdir_help: str):

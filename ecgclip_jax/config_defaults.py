@@ -9,6 +9,7 @@ say "unknown config key" before anything compiles.
 from __future__ import annotations
 
 import difflib
+import functools
 
 import ml_collections
 
@@ -16,6 +17,7 @@ from ecgclip_jax.losses import LOSSES
 
 NORMALIZATIONS = ("minmax", "zscore", "none")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+NONFINITE_POLICIES = ("skip", "stop")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -76,6 +78,13 @@ def default_config() -> ml_collections.ConfigDict:
       b2=0.98,
       clip_grad_norm=1.0,
   )
+  # A NaN/Inf loss or gradient: "skip" leaves the state as it was (the step still counts) and
+  # records the batch in WORKDIR/nonfinite_batches.jsonl; "stop" ends the run with a
+  # diagnostic. Either way the last checkpoint stays as it was.
+  c.nonfinite = dict(
+      policy="skip",  # one of NONFINITE_POLICIES
+      max_consecutive=10,  # skipping stops the run after this many non-finite steps in a row
+  )
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 3
@@ -101,26 +110,51 @@ def _leaf_keys(config: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
   return keys
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """One clear line per problem, raised before any data is read or anything compiles."""
-  known = _leaf_keys(default_config())
-  unknown = sorted(_leaf_keys(config) - known)
-  if unknown:
-    key = unknown[0]
+def _type_problem(key: str, value, default) -> str | None:
+  """A value whose type cannot stand for the default's (an int for a float is fine)."""
+  if isinstance(default, bool) or isinstance(value, bool):
+    ok = isinstance(value, bool) and isinstance(default, bool)
+  elif isinstance(default, float):
+    ok = isinstance(value, (int, float))
+  else:
+    ok = isinstance(value, type(default))
+  if ok:
+    return None
+  return f"{key}={value!r} has type {type(value).__name__}; expected {type(default).__name__}"
+
+
+def config_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """One line per problem: unknown or missing keys, wrong types, values out of range."""
+  defaults = default_config()
+  known, given = _leaf_keys(defaults), _leaf_keys(config)
+  problems = []
+  for key in sorted(given - known):
     hint = difflib.get_close_matches(key, known, n=1)
-    raise ValueError(f"unknown config key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-  missing = sorted(known - _leaf_keys(config))
-  if missing:
-    raise ValueError(f"config is missing key {missing[0]!r}: start config files from default_config()")
-  if config.data.normalization not in NORMALIZATIONS:
-    raise ValueError(f"data.normalization={config.data.normalization!r}; choose one of {NORMALIZATIONS}")
-  if config.model.loss not in LOSSES:
-    raise ValueError(f"model.loss={config.model.loss!r}; choose one of {LOSSES}")
-  if config.model.dtype not in COMPUTE_DTYPES:
-    raise ValueError(f"model.dtype={config.model.dtype!r}; choose one of {COMPUTE_DTYPES}")
+    problems.append(f"unknown config key {key!r}"
+                    + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+  for key in sorted(known - given):
+    problems.append(f"config is missing key {key!r}: start config files from default_config()")
+  lookup = lambda c, key: functools.reduce(lambda node, name: node[name], key.split("."), c)
+  for key in sorted(known & given):
+    problems.append(_type_problem(key, lookup(config, key), lookup(defaults, key)))
+  problems = [p for p in problems if p]
+  if problems:  # the checks below read the values
+    return problems
+  choices = (("data.normalization", NORMALIZATIONS), ("model.loss", LOSSES),
+             ("model.dtype", COMPUTE_DTYPES), ("nonfinite.policy", NONFINITE_POLICIES))
+  for key, allowed in choices:
+    if lookup(config, key) not in allowed:
+      problems.append(f"{key}={lookup(config, key)!r}; choose one of {allowed}")
   for key in ("batch_size", "total_steps", "log_every_steps", "checkpoint_every_steps",
-              "keep_checkpoints", "grad_accum_steps"):
-    if config[key] <= 0:
-      raise ValueError(f"{key} must be positive, got {config[key]}")
-  if config.eval.batch_size <= 0:
-    raise ValueError(f"eval.batch_size must be positive, got {config.eval.batch_size}")
+              "keep_checkpoints", "grad_accum_steps", "eval.batch_size", "text.max_length",
+              "nonfinite.max_consecutive"):
+    if lookup(config, key) <= 0:
+      problems.append(f"{key} must be positive, got {lookup(config, key)}")
+  return problems
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises one ValueError listing every problem (a line each), before any data is read or
+  anything compiles."""
+  if problems := config_problems(config):
+    raise ValueError("\n".join(problems))

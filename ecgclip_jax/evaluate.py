@@ -4,7 +4,9 @@
     python -m ecgclip_jax.evaluate --config configs/demo.py --workdir DIR --watch
 
 Writes `DIR/eval/<step>/metrics.json` and prints a per-label table; with --watch, for every
-checkpoint as training writes it.
+checkpoint as training writes it. Beside metrics.json (which lists them under "figures"):
+zero-shot PR and ROC curves per label and a t-SNE map of the test ECG embeddings
+(--embedding_map umap|none, --map_max_points).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ecgclip_jax import checkpoint, cli, parallel, train_state
 from ecgclip_jax.config_defaults import validate_config
 from ecgclip_jax.data import pipeline, sources
 from ecgclip_jax.evaluators import retrieval, zero_shot
+from ecgclip_jax.interpret import curves, embedding_map
 from ecgclip_jax.models import hf_import
 
 
@@ -77,12 +80,13 @@ class Embedder:
                           tokenizer=self.tokenizer if with_text else None,
                           max_text_length=c.text.max_length, label_feature=label_feature)
 
-  def embed_split(self, weights, source) -> dict[str, np.ndarray]:
-    """ECG and report embeddings and labels: zero-shot and retrieval."""
-    return self._pass(source, {
-        "ecg_emb": lambda b: self._ecg(*weights, b["ecg"]),
-        "text_emb": lambda b: self._text(*weights, b["input_ids"], b["attention_mask"]),
-    }, with_text=True)
+  def embed_split(self, weights, source,
+                  outputs=("ecg_emb", "text_emb")) -> dict[str, np.ndarray]:
+    """ECG and/or report embeddings, and labels: zero-shot, retrieval, predict."""
+    passes = {"ecg_emb": lambda b: self._ecg(*weights, b["ecg"]),
+              "text_emb": lambda b: self._text(*weights, b["input_ids"], b["attention_mask"])}
+    return self._pass(source, {name: passes[name] for name in outputs},
+                      with_text="text_emb" in outputs)
 
   def ecg_features(self, weights, source, label_feature: str = "labels") -> dict[str, np.ndarray]:
     """Pooled ECG-tower features (linear probes), unit embeddings (zero-shot) and the
@@ -107,25 +111,48 @@ def make_embedder(config: ml_collections.ConfigDict, trainer: train_state.Traine
 
 
 def run_evaluation(config: ml_collections.ConfigDict, workdir: str, step: int,
-                   embedder: Embedder, dataset: sources.Dataset, weights) -> dict:
-  """Scores one set of weights on `config.eval.split`; writes and prints the results."""
+                   embedder: Embedder, dataset: sources.Dataset, weights,
+                   map_options: embedding_map.MapOptions = embedding_map.MapOptions()) -> dict:
+  """Scores one set of weights on `config.eval.split`; writes and prints the results, and
+  (process 0) draws the figures."""
   start = time.time()
   split = embedder.embed_split(weights, dataset.source(config.eval.split))
   results = {"step": step, "split": config.eval.split, "num_examples": len(split["labels"])}
-  if config.eval.prompts:  # '' for corpora without labels (e.g. MIMIC-IV-ECG): retrieval only
-    prompts = zero_shot.load_prompts(config.eval.prompts, dataset.label_names)
+  # '' for corpora without labels (e.g. MIMIC-IV-ECG): retrieval only
+  prompts = (zero_shot.load_prompts(config.eval.prompts, dataset.label_names)
+             if config.eval.prompts else {})
+  embed_texts = functools.partial(embedder.embed_texts, weights)
+  if prompts:
     results["zero_shot"] = zero_shot.evaluate(
-        split["ecg_emb"], split["labels"], dataset.label_names, prompts,
-        functools.partial(embedder.embed_texts, weights))
+        split["ecg_emb"], split["labels"], dataset.label_names, prompts, embed_texts)
   results["retrieval"] = retrieval.evaluate(split["ecg_emb"], split["text_emb"])
+  out_dir = epath.Path(workdir) / "eval" / str(step)
+  if jax.process_index() == 0:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results["figures"] = write_figures(str(out_dir), f"step {step} {config.eval.split}", split,
+                                       dataset.label_names, prompts, embed_texts, map_options)
   results["seconds"] = round(time.time() - start, 1)
   if jax.process_index() == 0:
-    out_file = epath.Path(workdir) / "eval" / str(step) / "metrics.json"
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    out_file.write_text(json.dumps(results, indent=2))
+    (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     print(format_table(results), flush=True)
-    print(f"wrote {out_file}", flush=True)
+    print(f"wrote metrics.json and {len(results['figures'])} figures to {out_dir}", flush=True)
   return results
+
+
+def write_figures(out_dir: str, title: str, split: dict[str, np.ndarray],
+                  label_names: list[str], prompts: dict[str, list[str]], embed_texts,
+                  map_options: embedding_map.MapOptions) -> dict[str, str]:
+  """Zero-shot PR/ROC curves per prompted label and the embedding map of the split's ECGs,
+  written to `out_dir`; returns file -> caption."""
+  figures = {}
+  if prompts:
+    scores, columns = zero_shot.prompt_scores(split["ecg_emb"], prompts, label_names,
+                                              embed_texts)
+    figures |= curves.write_curves(out_dir, "zero_shot", split["labels"][:, columns], scores,
+                                   list(prompts), title=f"{title}, zero-shot")
+  figures |= embedding_map.write_map(out_dir, split["ecg_emb"], split["labels"], label_names,
+                                     map_options, title=title)
+  return figures
 
 
 def format_table(results: dict) -> str:
@@ -155,8 +182,9 @@ def restore_weights(manager, step: int, trainer: train_state.Trainer, mesh):
   return state.params, state.model_state
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
-                        step: int | None = None) -> dict:
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
+                        map_options: embedding_map.MapOptions = embedding_map.MapOptions()
+                        ) -> dict:
   validate_config(config)
   mesh = parallel.make_mesh(config.mesh)
   trainer = train_state.Trainer(config)
@@ -164,11 +192,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   step = checkpoint.resolve_step(manager, step)
   dataset, embedder = make_embedder(config, trainer, mesh)
   return run_evaluation(config, workdir, step, embedder, dataset,
-                        restore_weights(manager, step, trainer, mesh))
+                        restore_weights(manager, step, trainer, mesh), map_options)
 
 
 def watch(config: ml_collections.ConfigDict, workdir: str, poll_seconds: float = 60,
-          idle_timeout: float = 3 * 3600) -> list[int]:
+          idle_timeout: float = 3 * 3600,
+          map_options: embedding_map.MapOptions = embedding_map.MapOptions()) -> list[int]:
   """Evaluates each checkpoint as it lands, as a job beside training (pods run it on its own
   hosts): one `eval/<step>/` per step, steps already evaluated are skipped, so a restarted
   watcher picks up where it stopped. Returns once `config.total_steps` is evaluated, or when
@@ -191,7 +220,7 @@ def watch(config: ml_collections.ConfigDict, workdir: str, poll_seconds: float =
         if os.path.exists(os.path.join(workdir, "eval", str(step), "metrics.json")):
           continue
         run_evaluation(config, workdir, step, embedder, dataset,
-                       restore_weights(manager, step, trainer, mesh))
+                       restore_weights(manager, step, trainer, mesh), map_options)
         evaluated.append(step)
         last_news = time.time()
       if config.total_steps in manager.all_steps():
@@ -210,9 +239,10 @@ def main():
   poll = flags.DEFINE_float("poll_seconds", 60, "With --watch: seconds between looks.")
   idle = flags.DEFINE_float("idle_timeout", 3 * 3600,
                             "With --watch: stop after this many seconds without a checkpoint.")
-  cli.run(lambda: (watch(config.value, workdir.value, poll.value, idle.value)
+  map_options = embedding_map.define_flags()
+  cli.run(lambda: (watch(config.value, workdir.value, poll.value, idle.value, map_options())
                    if watch_flag.value else
-                   evaluate_checkpoint(config.value, workdir.value, step.value)))
+                   evaluate_checkpoint(config.value, workdir.value, step.value, map_options())))
 
 
 if __name__ == "__main__":

@@ -12,17 +12,28 @@ from etils import epath
 from tensorboardX import SummaryWriter
 
 
-class MetricWriter:
-  """Writes scalars from process 0 only; other processes hold a no-op writer."""
+def read_jsonl_until(path: epath.Path, step: int) -> str:
+  """The lines of a per-step JSON-lines file up to `step`, rewritten without the later ones:
+  a run resumed from `step` writes those steps again, so a killed run leaves no duplicates."""
+  if not path.exists():
+    return ""
+  lines = [line for line in path.read_text().splitlines(keepends=True)
+           if line.strip() and json.loads(line)["step"] <= step]
+  path.write_text("".join(lines))
+  return "".join(lines)
 
-  def __init__(self, workdir: str):
+
+class MetricWriter:
+  """Writes scalars from process 0 only; other processes hold a no-op writer. `first_step`
+  is the step the run starts after: anything logged beyond it by a killed run is dropped."""
+
+  def __init__(self, workdir: str, first_step: int = 0):
     self._active = jax.process_index() == 0
     if self._active:
       self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
       self._jsonl_path = epath.Path(workdir) / "metrics.jsonl"
       self._remote = "://" in workdir
-      self._lines = (self._jsonl_path.read_text()
-                     if self._remote and self._jsonl_path.exists() else "")
+      self._lines = read_jsonl_until(self._jsonl_path, first_step)
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self._active:

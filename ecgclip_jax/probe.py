@@ -10,7 +10,9 @@ the latest); a random-init baseline builds the same architecture from `--config`
 weights, so every table can put them side by side (`python -m ecgclip_jax.compare`).
 `--tasks` names a task set (configs/tasks/<name>.json, or a path). Frozen-encoder features
 are computed once per split, sharded over all local devices, and cached under OUT/cache/.
-Writes OUT/results.csv, OUT/results.md and OUT/meta.json, and prints a one-screen summary.
+Writes OUT/results.csv, OUT/results.md and OUT/meta.json, and prints a one-screen summary;
+beside them, PR and ROC curves per method and label fraction and a t-SNE map of the test ECG
+embeddings (--embedding_map umap|none), listed in results.md.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from ecgclip_jax.data import sources
 from ecgclip_jax.evaluate import Embedder, restore_weights
 from ecgclip_jax.evaluators import (finetune, fractions, linear_probe, metrics, results, tasks,
                                    zero_shot)
+from ecgclip_jax.interpret import curves, embedding_map
 from ecgclip_jax.models import hf_import
 
 METHODS = ("linear_probe", "finetune", "zero_shot")
@@ -189,15 +192,17 @@ def prepare_splits(task_set: tasks.TaskSet, dataset: sources.Dataset, embedder: 
 
 
 def zero_shot_rows(run: Run, embedder: Embedder, prompts_file: str, names: list[str],
-                   test: SplitData, task_set: tasks.TaskSet, n_bootstrap: int) -> list[dict]:
-  """Cosine scores against averaged label prompts; tasks without prompts are left out."""
+                   test: SplitData, task_set: tasks.TaskSet,
+                   n_bootstrap: int) -> tuple[list[dict], np.ndarray, list[int]]:
+  """Cosine scores against averaged label prompts; tasks without prompts are left out.
+  Returns the rows, the scores and the task columns they score."""
   prompts = zero_shot.load_prompts(prompts_file, names)
   scores, columns = zero_shot.prompt_scores(
       test.ecg_emb, prompts, names, functools.partial(embedder.embed_texts, run.weights))
   m = metrics.task_metrics(test.labels[:, columns], scores, list(prompts),
                            known=test.known[:, columns], min_positives=task_set.min_positives,
                            n_bootstrap=n_bootstrap, seed=0)
-  return results.rows_from_metrics(m, run.name, "zero_shot", 1.0, 1)
+  return results.rows_from_metrics(m, run.name, "zero_shot", 1.0, 1), scores, columns
 
 
 def supervised_scores(method: str, run: Run, names: list[str], splits: dict[str, SplitData],
@@ -225,9 +230,26 @@ def supervised_scores(method: str, run: Run, names: list[str], splits: dict[str,
   return tuned.predict(test.source), len(indices)
 
 
+def write_figures(out_dir: str, run: Run, names: list[str], test: SplitData,
+                  scored: list[tuple[str, float, list[int], np.ndarray]],
+                  map_options: embedding_map.MapOptions) -> dict[str, str]:
+  """PR/ROC curves of each (method, fraction, task columns, test scores) in `scored` and the
+  embedding map of the test ECGs, written to `out_dir`; returns file -> caption."""
+  figures = {}
+  for method, fraction, columns, scores in scored:
+    figures |= curves.write_curves(
+        out_dir, f"{method}_{fraction * 100:g}pct", test.labels[:, columns], scores,
+        [names[c] for c in columns], known=test.known[:, columns],
+        title=f"{run.name}, {method} {results.format_fraction(fraction)}")
+  figures |= embedding_map.write_map(out_dir, test.ecg_emb, test.labels, names, map_options,
+                                     known=test.known, title=f"{run.name}, test split")
+  return figures
+
+
 def run_probe(run: Run, task_set: tasks.TaskSet, out_dir: str, *, methods, label_fractions,
               seeds: int, n_bootstrap: int, prompts: str, data_dir: str = "",
-              manual_dir: str = "", probe_config=None, finetune_config=None) -> list[dict]:
+              manual_dir: str = "", probe_config=None, finetune_config=None,
+              map_options: embedding_map.MapOptions = embedding_map.MapOptions()) -> list[dict]:
   """Every method x label fraction x seed on the task set; writes and returns result rows."""
   start = time.time()
   unknown = sorted(set(methods) - set(METHODS))
@@ -239,7 +261,7 @@ def run_probe(run: Run, task_set: tasks.TaskSet, out_dir: str, *, methods, label
   names, splits = prepare_splits(task_set, dataset, embedder, run, out_dir)
   probe_config = probe_config or linear_probe.LinearProbeConfig()
   finetune_config = finetune_config or finetune.FinetuneConfig()
-  rows = []
+  rows, scored = [], []  # scored: (method, fraction, task columns, test scores) for the curves
   for method in methods:
     if method == "zero_shot":
       if not prompts:
@@ -247,8 +269,10 @@ def run_probe(run: Run, task_set: tasks.TaskSet, out_dir: str, *, methods, label
       elif not run.pretrained:
         print("zero_shot: skipped (a random init has no aligned text tower)", flush=True)
       else:
-        rows += zero_shot_rows(run, embedder, prompts, names, splits["test"], task_set,
-                               n_bootstrap)
+        new_rows, scores, columns = zero_shot_rows(run, embedder, prompts, names,
+                                                   splits["test"], task_set, n_bootstrap)
+        rows += new_rows
+        scored.append((method, 1.0, columns, scores))
       continue
     for fraction in label_fractions:
       scores = []
@@ -268,6 +292,7 @@ def run_probe(run: Run, task_set: tasks.TaskSet, out_dir: str, *, methods, label
             f"{results.format_cell(macro, 'prauc')}, AUROC {results.format_cell(macro, 'auroc')}",
             flush=True)
       rows += new_rows
+      scored.append((method, fraction, list(range(len(names))), np.stack(scores)))
   meta = {"run": run.name, "identity": run.identity, "task_set": dataclasses.asdict(task_set),
           "dataset": dataset.builder.info.full_name, "methods": list(methods),
           "fractions": list(label_fractions), "seeds": seeds, "n_bootstrap": n_bootstrap,
@@ -276,9 +301,11 @@ def run_probe(run: Run, task_set: tasks.TaskSet, out_dir: str, *, methods, label
           "finetune": dataclasses.asdict(finetune_config),
           "seconds": round(time.time() - start, 1)}
   if jax.process_index() == 0:
+    meta["figures"] = write_figures(out_dir, run, names, splits["test"], scored, map_options)
     results.write_results(out_dir, rows, meta)
     print(results.format_summary(rows), flush=True)
-    print(f"wrote {os.path.join(out_dir, 'results.csv')} and results.md", flush=True)
+    print(f"wrote {os.path.join(out_dir, 'results.csv')}, results.md and "
+          f"{len(meta['figures'])} figures", flush=True)
   return rows
 
 
@@ -301,6 +328,7 @@ def main():
   data_dir = flags.DEFINE_string("data_dir", "", "TFDS data_dir of the task set's dataset.")
   manual_dir = flags.DEFINE_string("manual_dir", "", "Download to build the dataset from.")
   epochs = flags.DEFINE_integer("finetune_epochs", None, "Fine-tuning epochs (max, early stop).")
+  map_options = embedding_map.define_flags()
   flags.mark_flags_as_required(["tasks", "out"])
 
   def job():
@@ -312,7 +340,7 @@ def main():
               methods=method_flag.value, label_fractions=[float(f) for f in fraction_flag.value],
               seeds=seeds.value, n_bootstrap=n_bootstrap.value, prompts=prompts.value,
               data_dir=data_dir.value, manual_dir=manual_dir.value,
-              finetune_config=finetune_config)
+              finetune_config=finetune_config, map_options=map_options())
 
   cli.run(job)
 

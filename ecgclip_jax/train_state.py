@@ -124,6 +124,12 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
                   weight_decay=o.weight_decay, mask=decay_mask))
 
 
+def all_finite(tree) -> jax.Array:
+  """True when no array of `tree` holds a NaN or Inf (integer arrays always pass)."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)] or
+                           [jnp.bool_(True)]))
+
+
 # ---------------------------------------------------------------------------------------
 # Initialization.
 # ---------------------------------------------------------------------------------------
@@ -274,11 +280,18 @@ class Trainer:
     trainable, frozen = partition(state.params, self.mask)
     updates, opt_state = self.tx.update(grads, state.opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
-    new_state = state.replace(step=state.step + 1, params=combine(trainable, frozen),
-                              model_state=model_state, opt_state=opt_state)
+    updated = state.replace(step=state.step + 1, params=combine(trainable, frozen),
+                            model_state=model_state, opt_state=opt_state)
+    # A NaN/Inf loss or gradient (or BatchNorm statistic) leaves the state as it was, only
+    # the step moves on; the caller applies the configured policy (see nonfinite.py).
+    nonfinite_grads = sum(jnp.sum(~jnp.isfinite(g)) for g in jax.tree.leaves(grads))
+    finite = jnp.isfinite(loss) & (nonfinite_grads == 0) & all_finite(model_state)
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                             updated, state.replace(step=state.step + 1))
     model = self.model(state.params, state.model_state)  # the scale and bias the loss used
     metrics = {"loss": loss, "logit_scale": model.scale(), "grad_norm": optax.tree.norm(grads),
-               "learning_rate": learning_rate_schedule(self.config)(state.step)}
+               "learning_rate": learning_rate_schedule(self.config)(state.step),
+               "finite": finite, "nonfinite_grads": nonfinite_grads}
     if model.bias() is not None:
       metrics["logit_bias"] = model.bias()
     return new_state, metrics

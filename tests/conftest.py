@@ -2,6 +2,7 @@
 (mesh, global batch, cross-device reductions) run for real."""
 
 import json
+import os
 import shutil
 
 import jax
@@ -9,6 +10,7 @@ import pytest
 
 jax.config.update("jax_num_cpu_devices", 8)
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -59,3 +61,23 @@ def tiny_config(tiny_text_encoder_dir, tfds_data_dir):
   c.checkpoint_every_steps = 2
   c.eval.batch_size = 16
   return c
+
+
+@pytest.fixture(scope="module")
+def run_args(tiny_text_encoder_dir, tfds_data_dir):
+  """The tiny run as command-line overrides of configs/demo.py; the corpus is built here
+  first, so the subprocesses only train."""
+  from ecgclip_jax.config_defaults import default_config
+  from ecgclip_jax.data import sources
+  data = default_config().data
+  data.data_dir, data.num_patients = tfds_data_dir, 40
+  sources.open_dataset(data)
+  overrides = {
+      "data.data_dir": tfds_data_dir, "data.num_patients": 40,
+      "text.encoder_dir": tiny_text_encoder_dir, "text.pretrained": False,
+      "text.max_length": 24, "ecg.width_multiplier": 0.125, "model.embed_dim": 16,
+      "batch_size": 16, "total_steps": 3, "optim.warmup_steps": 1, "log_every_steps": 1,
+      "checkpoint_every_steps": 2, "eval.at_end_of_training": False,
+  }
+  return ["--config", os.path.join(ROOT, "configs", "demo.py")] + [
+      f"--config.{key}={value}" for key, value in overrides.items()]

@@ -8,19 +8,15 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
 
-from ecgclip_jax import checkpoint, parallel, train_state
-from ecgclip_jax.config_defaults import default_config
-from ecgclip_jax.data import sources
+from ecgclip_jax import checkpoint
+from train_runs import LOCAL_SH, ROOT, env_with, restored_state, train_command
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOCAL_SH = os.path.join(ROOT, "launch", "local.sh")
 # Reductions over 4 devices run in another order across 2 processes (gloo) than within one,
 # so results agree to float32 rounding, not bitwise: losses to 1e-5 relative, and parameters
 # and BatchNorm statistics as a whole to 1e-4 relative (L2). Single elements are not
@@ -34,33 +30,6 @@ LOCAL_SH = os.path.join(ROOT, "launch", "local.sh")
 # cancelling sums differ by up to 10%; and the flipped Adam updates above feed steps 2, 3.
 GLOBAL_RTOL = {"params": 1e-4, "model_state": 1e-4, "opt_state": 5e-3}
 LOSS_RTOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def run_args(tiny_text_encoder_dir, tfds_data_dir):
-  """The tiny run as command-line overrides of configs/demo.py; the corpus is built here
-  first, so the subprocesses only train."""
-  data = default_config().data
-  data.data_dir, data.num_patients = tfds_data_dir, 40
-  sources.open_dataset(data)
-  overrides = {
-      "data.data_dir": tfds_data_dir, "data.num_patients": 40,
-      "text.encoder_dir": tiny_text_encoder_dir, "text.pretrained": False,
-      "text.max_length": 24, "ecg.width_multiplier": 0.125, "model.embed_dim": 16,
-      "batch_size": 16, "total_steps": 3, "optim.warmup_steps": 1, "log_every_steps": 1,
-      "checkpoint_every_steps": 2, "eval.at_end_of_training": False,
-  }
-  return ["--config", os.path.join(ROOT, "configs", "demo.py")] + [
-      f"--config.{key}={value}" for key, value in overrides.items()]
-
-
-def train_command(run_args, workdir, *extra):
-  return [sys.executable, "-m", "ecgclip_jax.train", f"--workdir={workdir}", *run_args, *extra]
-
-
-def env_with(**values):
-  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
-  return env | {"JAX_PLATFORMS": "cpu"} | values
 
 
 def run_single(run_args, workdir, devices, *extra):
@@ -78,13 +47,6 @@ def run_local(run_args, workdir, processes=2, devices=2, *extra):
       cwd=ROOT, text=True, capture_output=True, env=env_with(), timeout=600)
   assert out.returncode == 0, out.stdout + out.stderr
   return out.stdout
-
-
-def restored_state(workdir, step):
-  manager = checkpoint.make_manager(str(workdir), read_only=True)
-  trainer = train_state.Trainer(checkpoint.restore_config(manager, step))
-  mesh = parallel.make_mesh({"data": -1})
-  return checkpoint.restore(manager, step, trainer.abstract_state(parallel.replicated(mesh)))
 
 
 def assert_same_state(a, b):

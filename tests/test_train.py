@@ -61,26 +61,6 @@ def test_rerun_of_a_finished_run_does_not_train_again(tiny_config, tmp_path, cap
   assert "resumed from checkpoint step 4" in out and "training already complete" in out
 
 
-@pytest.mark.parametrize("mutate,message", [
-    (lambda c: c.data.__setattr__("normalisation", "zscore"), "unknown config key 'data.normalisation'"),
-    (lambda c: c.__setattr__("batch_size", 12), "not divisible by the data-parallel size 8"),
-    (lambda c: c.text.__setattr__("encoder_dir", "/nonexistent/bert"), "text encoder folder not found"),
-])
-def test_user_errors_are_one_clear_line_before_any_work(tiny_config, tmp_path, mutate, message):
-  with tiny_config.unlocked():
-    mutate(tiny_config)
-  with pytest.raises((ValueError, FileNotFoundError), match=message):
-    train.train_and_evaluate(tiny_config, str(tmp_path / "run"))
-  assert not (tmp_path / "run" / "checkpoints").exists()
-
-
-def test_unwritable_workdir_is_a_clear_error(tiny_config, tmp_path):
-  blocker = tmp_path / "file"
-  blocker.write_text("")
-  with pytest.raises(PermissionError, match="is not writable"):
-    train.train_and_evaluate(tiny_config, str(blocker / "run"))
-
-
 def test_locked_defaults_reject_misspelt_keys_where_written():
   c = default_config()
   with pytest.raises(AttributeError):

@@ -46,9 +46,11 @@ class RecordTransform(grain.transforms.Map):
   """
 
   def __init__(self, tokenizer, max_text_length: int, normalization: str,
-               label_feature: str = "labels"):
+               label_feature: str = "labels", with_record_id: bool = False):
     """`tokenizer` None: ECG-only examples (downstream jobs); `label_feature` picks one of
-    the dataset's label sets (e.g. PTB-XL's `labels_superdiagnostic`) as `labels`."""
+    the dataset's label sets (e.g. PTB-XL's `labels_superdiagnostic`) as `labels`;
+    `with_record_id` adds the host-only `record_id` (bytes) that training logs for a
+    non-finite batch."""
     check_normalization(normalization)  # Fail at build time, not in a worker.
     # A private copy: HF fast tokenizers keep padding/truncation as mutable
     # state, so a tokenizer shared with other code could change our lengths
@@ -57,6 +59,7 @@ class RecordTransform(grain.transforms.Map):
     self.max_text_length = max_text_length
     self.normalization = normalization
     self.label_feature = label_feature
+    self.with_record_id = with_record_id
 
   def map(self, record: dict[str, Any]) -> dict[str, np.ndarray]:
     lead_mask = np.asarray(record["lead_mask"], dtype=bool)
@@ -67,6 +70,10 @@ class RecordTransform(grain.transforms.Map):
     }
     if self.tokenizer is not None:
       example.update(tokenize_report(self.tokenizer, record["report"], self.max_text_length))
+    if self.with_record_id:
+      record_id = record.get("record_id", b"")
+      example["record_id"] = np.asarray(
+          record_id if isinstance(record_id, bytes) else str(record_id).encode(), dtype=bytes)
     return example
 
 
@@ -135,7 +142,7 @@ def make_train_iterator(
   """Returns an endless iterator of this process's rows of global batches `start_step`,
   `start_step + 1`, ... (see GlobalBatchSampler). Batches are dicts of numpy: `ecg` float32
   [b, T, 12], `lead_mask` bool [b, 12], `input_ids`/`attention_mask` int32 [b, L], `labels`
-  bool [b, num_labels].
+  bool [b, num_labels], and `record_id` bytes [b] (for the host's logs, not the device).
   """
   if len(source) < per_process_batch_size * process_count:
     raise ValueError(f"{len(source)} records cannot fill a global batch of "
@@ -150,7 +157,7 @@ def make_train_iterator(
       data_source=source,
       sampler=sampler,
       operations=[
-          RecordTransform(tokenizer, max_text_length, normalization),
+          RecordTransform(tokenizer, max_text_length, normalization, with_record_id=True),
           grain.transforms.Batch(per_process_batch_size, drop_remainder=True),
       ],
       worker_count=worker_count,

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from typing import Callable
 
 import jax
 import ml_collections
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
+
+from ecgclip_jax.data import signal
 
 SYNTHETIC = "synthetic_ecg_reports"
 
@@ -31,6 +34,16 @@ class Dataset:
   @property
   def num_samples(self) -> int:
     return self.builder.info.features["ecg"].shape[0]
+
+  @property
+  def signal_spec(self) -> signal.SignalSpec:
+    """How this build prepared its records (rate, length, crop, filter, rejection rules):
+    what a new recording must go through to look like the training data (predict)."""
+    metadata = self.builder.info.metadata
+    if "signal_spec" in metadata:  # written by every EcgBuilder
+      return signal.SignalSpec(**metadata["signal_spec"])
+    rate = metadata["sample_rate"]  # the synthetic corpus: generated at its rate, unfiltered
+    return signal.SignalSpec(sample_rate=rate, duration_s=self.num_samples / rate)
 
   def source(self, split: str):
     splits = self.builder.info.splits
@@ -54,23 +67,46 @@ def _synthetic_builder(data_config: ml_collections.ConfigDict) -> tfds.core.Data
   return lib.prepare(config, data_config.data_dir or None)
 
 
-def _prepared_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  name = f"{data_config.name}/{data_config.builder_config}"
+def _real_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The (maybe unbuilt) builder of a real corpus: cheap, reads no records."""
   try:
     importlib.import_module(f"tfds_builders.{data_config.name}")  # registers the builder
   except ModuleNotFoundError:
     raise ValueError(f"unknown dataset {data_config.name!r}: no package tfds_builders/"
                      f"{data_config.name}") from None
-  builder = tfds.builder(name, data_dir=data_config.data_dir or None,
-                         file_format="array_record")
+  return tfds.builder(f"{data_config.name}/{data_config.builder_config}",
+                      data_dir=data_config.data_dir or None, file_format="array_record")
+
+
+def dataset_problem(data_config: ml_collections.ConfigDict) -> str | None:
+  """Why the configured dataset can be neither opened nor built here, or None. The synthetic
+  corpus can always be built; a real one must be built already or have its download."""
+  if data_config.name == SYNTHETIC:
+    return None
+  try:
+    builder = _real_builder(data_config)
+  except ValueError as e:  # also tfds: an unknown builder config
+    return str(e)
+  name = f"{data_config.name}/{data_config.builder_config}"
+  if builder.is_prepared():
+    return None
+  if not data_config.manual_dir:
+    return (f"dataset {name} is not built in {builder.data_dir_root}: set data.manual_dir to "
+            f"the download to build it on first use, or build it with `python -m tfds_builders."
+            f"{data_config.name} --config {data_config.builder_config} --manual_dir DOWNLOAD "
+            f"--data_dir {builder.data_dir_root}`")
+  if not os.path.isdir(data_config.manual_dir):
+    return f"data.manual_dir {data_config.manual_dir!r} (the {name} download) does not exist"
+  return None
+
+
+def _prepared_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  if problem := dataset_problem(data_config):
+    raise FileNotFoundError(problem)
+  builder = _real_builder(data_config)
   if builder.is_prepared():
     return builder
-  if not data_config.manual_dir:
-    raise FileNotFoundError(
-        f"dataset {name} is not built in {builder.data_dir_root}: set data.manual_dir to the "
-        f"download to build it on first use, or build it with `python -m tfds_builders."
-        f"{data_config.name} --config {data_config.builder_config} --manual_dir DOWNLOAD "
-        f"--data_dir {builder.data_dir_root}`")
+  name = f"{data_config.name}/{data_config.builder_config}"
   print(f"Building {name} from {data_config.manual_dir} into {builder.data_dir_root} ...",
         flush=True)
   builder.download_and_prepare(

@@ -132,7 +132,8 @@ def pivot_table(rows: list[dict], metric: str = "prauc", *, counts: bool = True)
 
 def format_markdown(rows: list[dict], meta: dict) -> str:
   """A header from `meta` (task set, dataset, run/checkpoint, seeds, n_bootstrap; a task set
-  given as a dict is shown by its name), then a PRAUC and an AUROC table per method."""
+  given as a dict is shown by its name), then a PRAUC and an AUROC table per method, then
+  links to the figures in `meta["figures"]` (file beside results.md -> caption)."""
   describe = lambda value: value.get("name", value) if isinstance(value, dict) else value
   lines = [f"# {describe(meta.get('task_set', 'downstream evaluation'))}", ""]
   for key in ("task_set", "dataset", "run", "checkpoint", "seeds", "n_bootstrap"):
@@ -144,6 +145,9 @@ def format_markdown(rows: list[dict], meta: dict) -> str:
     for metric in ("prauc", "auroc"):
       table = pivot_table([r for r in rows if r["method"] == method], metric)
       lines += [f"## {method}: {metric.upper()}", "", table, ""]
+  if meta.get("figures"):
+    lines += ["## Figures", ""]
+    lines += [f"- [{caption}]({name})" for name, caption in meta["figures"].items()] + [""]
   return "\n".join(lines)
 
 

@@ -74,12 +74,44 @@ def _strip(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return out
 
 
+# Formats that unpickle arbitrary code on load: refused, never read.
+PICKLED_WEIGHTS = ("pytorch_model.bin", "tf_model.h5", "model.ckpt.index", "flax_model.msgpack")
+CONVERT_HINT = ("convert it once, on a machine with PyTorch: python -c \"from transformers import "
+                "AutoModel; AutoModel.from_pretrained('DIR').save_pretrained('DIR', "
+                "safe_serialization=True)\"")
+
+
 def check_encoder_dir(folder: str | Path) -> Path:
   """The folder, or one clear error naming what is missing from it."""
   folder = _check_folder(folder)
   if not (folder / "config.json").is_file():
     raise FileNotFoundError(f"config.json not found in text encoder folder {folder}")
   return folder
+
+
+def encoder_problems(folder: str | Path, *, need_weights: bool, max_length: int) -> list[str]:
+  """What stops a run from using this text encoder folder, one line each: a missing folder,
+  config.json or safetensors weights (a pickled checkpoint is refused, with the command that
+  converts it), or a text length beyond the encoder's position table."""
+  try:
+    folder = check_encoder_dir(folder)
+    config = BertConfig.from_hf_dir(folder)
+  except (FileNotFoundError, ValueError) as e:
+    return [str(e)]
+  problems = []
+  if need_weights and not (folder / WEIGHTS_FILE).is_file():
+    pickled = [name for name in PICKLED_WEIGHTS if (folder / name).exists()]
+    if pickled:
+      convert = CONVERT_HINT.replace("DIR", str(folder))
+      problems.append(f"{folder / pickled[0]} is a pickled checkpoint, which can run arbitrary "
+                      f"code when loaded and is never read: {convert}")
+    else:
+      problems.append(f"{WEIGHTS_FILE} not found in text encoder folder {folder} "
+                      f"(only safetensors is supported)")
+  if max_length > config.max_position_embeddings:
+    problems.append(f"text.max_length={max_length} exceeds the text encoder's position table "
+                    f"({config.max_position_embeddings} positions in {folder / 'config.json'})")
+  return problems
 
 
 def load_bert_weights(model: BertEncoder, folder: str | Path) -> None:
