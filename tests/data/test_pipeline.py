@@ -162,7 +162,10 @@ def test_transform_rejects_unknown_normalization(tokenizer):
 
 def test_train_batch_shapes_and_dtypes(source, tokenizer):
   batch = next(train_iter(source, tokenizer))
-  assert batch.keys() == {"ecg", "lead_mask", "input_ids", "attention_mask", "labels"}
+  assert batch.keys() == {"ecg", "lead_mask", "input_ids", "attention_mask", "labels",
+                          "record_id"}
+  ids = {r["record_id"] for r in source}
+  assert batch["record_id"].shape == (4,) and set(batch["record_id"].tolist()) <= ids
   assert batch["ecg"].dtype == np.float32 and batch["ecg"].shape == (4, T, 12)
   assert batch["lead_mask"].dtype == bool and batch["lead_mask"].shape == (4, 12)
   for key in ("input_ids", "attention_mask"):
