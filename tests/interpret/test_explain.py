@@ -1,0 +1,55 @@
+"""The saliency job end to end on a tiny model: PNGs, localization against the regenerated
+synthetic annotations, clear errors. (Restoring checkpoints is `probe.load_run`'s, tested
+with the probe job; fresh weights exercise every path here.)"""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ecgclip_jax import probe
+from ecgclip_jax.data import sources
+from ecgclip_jax.interpret import ecg_plot, explain, saliency
+
+FINDINGS = ("premature_ventricular_complexes", "right_bundle_branch_block",
+            "left_ventricular_hypertrophy", "first_degree_av_block", "left_bundle_branch_block")
+
+
+def test_explain_a_tiny_model(tiny_config, tmp_path, capsys):
+  run = probe.load_run(None, None, "random", tiny_config)
+  dataset = sources.open_dataset(run.config.data)
+  examples = explain.synthetic_examples(dataset, "test")
+  stored = dataset.source("test")
+  assert [e.record_id for e in examples] == [stored[i]["record_id"].decode()
+                                             for i in range(len(stored))]
+  assert all(np.array_equal(e.ecg_uv, stored[i]["ecg"]) for i, e in enumerate(examples))
+  names = dataset.label_names
+  finding = next(f for f in FINDINGS if any(e.labels[names.index(f)] for e in examples))
+  classes = ["normal_sinus_rhythm", finding]
+  out = tmp_path / "saliency"
+
+  results = explain.run_explain(
+      run, str(out), classes=classes, split="test", control="normal_sinus_rhythm",
+      config=saliency.SaliencyConfig(steps=4, chunk=2), batch_size=8, max_records=3,
+      num_plots=1)
+  printed = capsys.readouterr().out
+  assert "note:" not in printed and "finding" in printed  # the table
+  pngs = sorted(p.name for p in out.glob("*.png"))
+  assert len(pngs) == 4 and all(p.startswith(tuple(classes)) for p in pngs)
+  assert Image.open(out / pngs[0]).size == ecg_plot.Layout().pixels()
+  # A rhythm covers the whole record: the region is everything, the ratio exactly 1.
+  for method in saliency.METHODS:
+    rhythm = results["normal_sinus_rhythm", method]
+    assert rhythm["n"] == 3 and rhythm["area_share"] == 1 and rhythm["ratio_mean"] == 1
+    assert rhythm["control_ratio"] == 1
+    s = results[finding, method]
+    assert 0 < s["area_share"] < 1 and 0 <= s["mass_share"] <= 1
+    assert s["ratio_mean"] <= 1 / s["area_share"] and s["control_ratio"] <= 1 / s["area_share"]
+    assert s["control_ratio"] != s["ratio_mean"]  # another target's map
+  written = json.loads((out / "localization.json").read_text())
+  assert {(r["finding"], r["method"]) for r in written["summary"]} == set(results)
+  assert len(written["records"]) == sum(s["n"] for s in results.values())
+
+  with pytest.raises(ValueError, match="has no label.*st_elevation_posterior"):
+    explain.run_explain(run, str(out), classes=["st_elevation_posterior"], split="test")
