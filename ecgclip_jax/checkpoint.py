@@ -33,19 +33,26 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir if "://" in workdir else os.path.abspath(workdir), "checkpoints")
 
 
-def make_manager(workdir: str, *, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
-  """The caller decides when a save is due; the manager keeps the newest `keep`."""
+def make_manager(workdir: str, *, keep: int = 3, read_only: bool = False,
+                 before_commit: Callable[[], None] | None = None) -> ocp.CheckpointManager:
+  """The caller decides when a save is due; the manager keeps the newest `keep`.
+  `before_commit` runs on process 0 once every process has written a step, before Orbax
+  commits it."""
   options = ocp.CheckpointManagerOptions(
       max_to_keep=None if read_only else keep, create=not read_only,
-      enable_async_checkpointing=True, read_only=read_only)
+      enable_async_checkpointing=True, read_only=read_only,
+      async_options=ocp.AsyncOptions(post_finalization_callback=before_commit))
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
+
+
+_all_finite = jax.jit(train_state.all_finite)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
          config: ml_collections.ConfigDict) -> None:
   """Starts an asynchronous save of everything needed to continue from `step`; refuses
   parameters or optimizer state holding NaN or Inf, which no later run could use."""
-  if not bool(jax.jit(train_state.all_finite)(state)):
+  if not bool(_all_finite(state)):
     raise FloatingPointError(f"refusing to checkpoint step {step}: the train state holds "
                              "non-finite values")
   manager.save(step, force=True, args=ocp.args.Composite(
@@ -62,10 +69,7 @@ class SealedCheckpoints:
     self.directory = epath.Path(checkpoint_dir(workdir))
     self.unusable_directory = self.directory.parent / "checkpoints_unusable"
     self._saving: int | None = None
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=True,
-        async_options=ocp.AsyncOptions(post_finalization_callback=self._seal))
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+    self.manager = make_manager(workdir, keep=keep, before_commit=self._seal)
 
   def _seal(self) -> None:
     """Runs after every process has written the step and before Orbax commits it: the
@@ -84,7 +88,9 @@ class SealedCheckpoints:
                             log: Callable[[str], None]) -> tuple[int | None, Any]:
     """`(step, state)` of the newest step that passes its seal and restores, or
     `(None, None)` when there is none. Each step passed over is reported in one line and
-    moved aside (by process 0; every process checks the same files, so all agree)."""
+    moved aside (by process 0; every process checks the same files, so all agree). A sealed
+    step whose files are intact but do not restore (the config changed the model) is an
+    error, not damage: it stays where it is."""
     for step in sorted(self.manager.all_steps(), reverse=True):
       folder = self.directory / str(step)
       problem = integrity.problem(folder)
@@ -92,6 +98,8 @@ class SealedCheckpoints:
         try:
           return step, restore(self.manager, step, abstract_state)
         except Exception as e:  # TensorStore and Orbax raise many kinds  # noqa: BLE001
+          if integrity.is_sealed(folder):
+            raise  # its files are intact: the config does not fit it; nothing to set aside
           problem = f"restore failed: {str(e).splitlines()[0][:200]}"
       log(f"checkpoint step {step} is unusable: {problem}; moved to "
           f"{self.unusable_directory / str(step)}, trying the previous step")

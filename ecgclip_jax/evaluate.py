@@ -121,16 +121,19 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, step: int,
   # '' for corpora without labels (e.g. MIMIC-IV-ECG): retrieval only
   prompts = (zero_shot.load_prompts(config.eval.prompts, dataset.label_names)
              if config.eval.prompts else {})
-  embed_texts = functools.partial(embedder.embed_texts, weights)
+  zero_shot_scores = None
   if prompts:
-    results["zero_shot"] = zero_shot.evaluate(
-        split["ecg_emb"], split["labels"], dataset.label_names, prompts, embed_texts)
+    zero_shot_scores = zero_shot.prompt_scores(
+        split["ecg_emb"], prompts, dataset.label_names,
+        functools.partial(embedder.embed_texts, weights))
+    results["zero_shot"] = zero_shot.evaluate(*zero_shot_scores, split["labels"],
+                                              dataset.label_names)
   results["retrieval"] = retrieval.evaluate(split["ecg_emb"], split["text_emb"])
   out_dir = epath.Path(workdir) / "eval" / str(step)
   if jax.process_index() == 0:
     out_dir.mkdir(parents=True, exist_ok=True)
     results["figures"] = write_figures(str(out_dir), f"step {step} {config.eval.split}", split,
-                                       dataset.label_names, prompts, embed_texts, map_options)
+                                       dataset.label_names, zero_shot_scores, map_options)
   results["seconds"] = round(time.time() - start, 1)
   if jax.process_index() == 0:
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
@@ -140,16 +143,17 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, step: int,
 
 
 def write_figures(out_dir: str, title: str, split: dict[str, np.ndarray],
-                  label_names: list[str], prompts: dict[str, list[str]], embed_texts,
+                  label_names: list[str], zero_shot_scores: tuple[np.ndarray, list[int]] | None,
                   map_options: embedding_map.MapOptions) -> dict[str, str]:
-  """Zero-shot PR/ROC curves per prompted label and the embedding map of the split's ECGs,
-  written to `out_dir`; returns file -> caption."""
+  """Zero-shot PR/ROC curves per prompted label (`zero_shot.prompt_scores`' scores and
+  columns, if any) and the embedding map of the split's ECGs, written to `out_dir`; returns
+  file -> caption."""
   figures = {}
-  if prompts:
-    scores, columns = zero_shot.prompt_scores(split["ecg_emb"], prompts, label_names,
-                                              embed_texts)
+  if zero_shot_scores is not None:
+    scores, columns = zero_shot_scores
     figures |= curves.write_curves(out_dir, "zero_shot", split["labels"][:, columns], scores,
-                                   list(prompts), title=f"{title}, zero-shot")
+                                   [label_names[c] for c in columns],
+                                   title=f"{title}, zero-shot")
   figures |= embedding_map.write_map(out_dir, split["ecg_emb"], split["labels"], label_names,
                                      map_options, title=title)
   return figures

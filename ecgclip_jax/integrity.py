@@ -52,13 +52,17 @@ def write_manifest(folder: epath.PathLike) -> None:
   (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
 
 
+def is_sealed(folder: epath.PathLike) -> bool:
+  return (epath.Path(folder) / MANIFEST).exists()
+
+
 def problem(folder: epath.PathLike) -> str | None:
   """What is wrong with a committed step, in a few words, or None when it is intact. A step
   written before seals existed has no manifest: only its commit marker is checked here."""
   folder = epath.Path(folder)
   if not (folder / COMMIT_MARKER).exists():
     return f"commit marker {COMMIT_MARKER} is missing (the save did not finish)"
-  if not (folder / MANIFEST).exists():
+  if not is_sealed(folder):
     return None
   try:
     files = json.loads((folder / MANIFEST).read_text())["files"]

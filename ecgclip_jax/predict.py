@@ -137,7 +137,7 @@ def _read_all(paths: list[str], spec: signal.SignalSpec, arrays: ArrayFormat):
 
 
 def report_bank(run: probe.Run, embedder: evaluate.Embedder, dataset, split: str,
-                cache_file: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                cache_file: str, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """The distinct non-empty reports of `split`, how many records share each, and their unit
   embeddings; cached in `cache_file` while checkpoint, dataset and split are unchanged."""
   key = f"{run.identity}|{dataset.builder.info.full_name}|{split}"
@@ -153,11 +153,11 @@ def report_bank(run: probe.Run, embedder: evaluate.Embedder, dataset, split: str
   reports, counts = reports[reports != ""], counts[reports != ""]
   print(f"report bank: embedding the {len(reports)} distinct reports of the {len(source)} "
         f"{split} records ...", flush=True)
-  batch = run.config.eval.batch_size
   embeddings = np.zeros((0, run.config.model.embed_dim), np.float32)
   if len(reports):
-    embeddings = np.concatenate([embedder.embed_texts(run.weights, list(reports[i:i + batch]))
-                                 for i in range(0, len(reports), batch)])
+    embeddings = np.concatenate([
+        embedder.embed_texts(run.weights, list(reports[i:i + batch_size]))
+        for i in range(0, len(reports), batch_size)])
   try:
     os.makedirs(os.path.dirname(cache_file), exist_ok=True)
     np.savez(cache_file, key=np.asarray(key), reports=reports, counts=counts,
@@ -197,16 +197,16 @@ def predict(workdir: str, inputs: list[str], *, step: int | None = None,
             "report_bank": None, "inputs": len(paths), "ok": len(ok), "records": entries}
   if not ok:
     return result
-  run = probe.load_run(workdir, step, "pretrained", None)
+  dp = parallel.data_parallel_size(parallel.make_mesh(config.mesh))
+  # A few files need not fill an eval batch: the run's eval batch, cut to fit them.
+  bank_batch_size = config.eval.batch_size
+  config.eval.batch_size = min(bank_batch_size, dp * math.ceil(len(ok) / dp))
+  run = probe.load_run(workdir, step, "pretrained", config)
   _, embedder = evaluate.make_embedder(run.config, run.trainer, run.mesh)
-  batch_size = run.config.eval.batch_size
-  dp = parallel.data_parallel_size(run.mesh)  # a few files need not fill an eval batch
-  run.config.eval.batch_size = min(batch_size, dp * math.ceil(len(ok) / dp))
   # The eval pass carries labels; new recordings have none.
   records = [{"ecg": prepared[i].ecg, "lead_mask": prepared[i].lead_mask,
               "labels": np.zeros(1, bool)} for i in ok]
   ecg_emb = embedder.embed_split(run.weights, records, ("ecg_emb",))["ecg_emb"]
-  run.config.eval.batch_size = batch_size
   if label_prompts:
     scores, _ = zero_shot.prompt_scores(ecg_emb, label_prompts, dataset.label_names,
                                         functools.partial(embedder.embed_texts, run.weights))
@@ -215,7 +215,8 @@ def predict(workdir: str, inputs: list[str], *, step: int | None = None,
                               for name, s in zip(label_prompts, scores[row])}
   if bank_split and top_k > 0:
     cache = os.path.join(workdir, CACHE_DIR, f"bank-step{step}-{bank_split}.npz")
-    reports, counts, bank = report_bank(run, embedder, dataset, bank_split, cache)
+    reports, counts, bank = report_bank(run, embedder, dataset, bank_split, cache,
+                                        bank_batch_size)
     result["report_bank"] = {"split": bank_split, "distinct_reports": len(reports),
                              "records": int(counts.sum())}
     similarity = ecg_emb @ bank.T

@@ -42,6 +42,13 @@ def delete(name, message):
   return damage
 
 
+def overwrite(name, text, message):
+  def damage(step_dir):
+    (step_dir / name).write_text(text)
+    return message
+  return damage
+
+
 DAMAGE = {
     "truncated array file": truncate_array_file,
     "flipped byte": flip_a_byte,
@@ -50,8 +57,8 @@ DAMAGE = {
     "deleted tree metadata": delete(os.path.join("state", "_METADATA"),
                                     "state/_METADATA is missing"),
     "deleted step metadata": delete("_CHECKPOINT_METADATA", "_CHECKPOINT_METADATA is missing"),
-    "unreadable manifest": lambda d: (d / integrity.MANIFEST).write_text("{") and
-                                     "integrity manifest .* is unreadable",
+    "unreadable manifest": overwrite(integrity.MANIFEST, "{",
+                                     "integrity manifest .* is unreadable"),
 }
 
 
@@ -125,6 +132,19 @@ def test_an_unsealed_step_that_fails_to_restore_is_passed_over(tmp_path):
   step, _, lines, _ = restore(tmp_path)
   assert step == 1
   assert lines[0].startswith("checkpoint step 2 is unusable: restore failed: ")
+
+
+def test_an_intact_step_that_does_not_fit_the_model_is_an_error_not_damage(tmp_path):
+  """A changed config (another shape) must not make a run set its checkpoints aside."""
+  save_steps(tmp_path, [1])
+  checkpoints = checkpoint.SealedCheckpoints(str(tmp_path), keep=5)
+  other = jax.tree.map(lambda x: jax.ShapeDtypeStruct((7, *x.shape[1:]) if x.ndim else (),
+                                                      x.dtype, sharding=x.sharding), abstract())
+  with pytest.raises(Exception):
+    checkpoints.restore_newest_intact(other, pytest.fail)
+  checkpoints.close()
+  assert (tmp_path / "checkpoints" / "1").is_dir()
+  assert not (tmp_path / "checkpoints_unusable").exists()
 
 
 def test_no_intact_step_means_a_fresh_start(tmp_path):

@@ -167,7 +167,7 @@ def test_predict_a_folder_of_every_format_with_bad_files(tiny_config, tmp_path, 
 
   # The bank is cached in the workdir: no embedder needed the second time.
   cache = tmp_path / "run" / predict.CACHE_DIR / "bank-step2-train.npz"
-  reports, counts, _ = predict.report_bank(run, None, dataset, "train", str(cache))
+  reports, counts, _ = predict.report_bank(run, None, dataset, "train", str(cache), 16)
   assert set(reports) == train_reports - {""} and counts.sum() == len(dataset.source("train"))
 
   # With nothing readable the outputs still say why, and it fails.

@@ -48,10 +48,10 @@ def prompt_scores(ecg_emb: np.ndarray, prompts: dict[str, list[str]], label_name
           [label_names.index(name) for name in prompts])
 
 
-def evaluate(ecg_emb: np.ndarray, labels: np.ndarray, label_names: list[str],
-             prompts: dict[str, list[str]],
-             embed_texts: Callable[[list[str]], np.ndarray]) -> dict:
-  scores, columns = prompt_scores(ecg_emb, prompts, label_names, embed_texts)
-  result = metrics.per_label_ranking_metrics(labels[:, columns], scores, list(prompts))
-  result["labels_without_prompts"] = [n for n in label_names if n not in prompts]
+def evaluate(scores: np.ndarray, columns: list[int], labels: np.ndarray,
+             label_names: list[str]) -> dict:
+  """Per-label AUROC/PRAUC of `prompt_scores`' scores and columns."""
+  scored = [label_names[c] for c in columns]
+  result = metrics.per_label_ranking_metrics(labels[:, columns], scores, scored)
+  result["labels_without_prompts"] = [n for n in label_names if n not in scored]
   return result

@@ -2,7 +2,7 @@
 AUROC in a results table can be read against the curve it summarizes.
 
 Only matplotlib's object API is used (no pyplot state): safe in any thread, never opens a
-window. `panel_grid` and `save_png` are shared with the embedding maps.
+window. `panel_grid` is shared with the embedding maps, `save_png` with every figure.
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ def panel_grid(count: int, title: str) -> tuple[Figure, list]:
   return fig, list(axes[:count])
 
 
-def save_png(fig: Figure, folder: str, name: str) -> str:
-  """Writes `folder/name` (a local or cloud path, like the workdir) and returns `name`."""
+def save_png(fig: Figure, folder: str, name: str, dpi: float = DPI) -> str:
+  """Writes `folder/name` (a local or cloud path, like the workdir) and returns `name`. No
+  tight bounding box: the 12-lead page (ecg_plot) must keep its millimetre scale."""
   png = io.BytesIO()
-  fig.savefig(png, format="png", dpi=DPI)
+  fig.savefig(png, format="png", dpi=dpi)
   epath.Path(folder).mkdir(parents=True, exist_ok=True)
   (epath.Path(folder) / name).write_bytes(png.getvalue())
   return name

@@ -166,8 +166,3 @@ def plot_ecg(ecg_mv: np.ndarray, sample_rate: float, *, saliency: np.ndarray | N
                        orientation="horizontal")
     bar.set_ticks([-1, 0, 1], labels=["lowers score", "0", "raises"], fontsize=7)
   return fig
-
-
-def save_png(fig: Figure, path: str, dpi: float = DPI) -> None:
-  """Writes the page at `dpi` (no tight bounding box: that would change the scale)."""
-  fig.savefig(path, dpi=dpi, format="png")

@@ -33,7 +33,7 @@ from ecgclip_jax import cli, parallel, probe, train_state
 from ecgclip_jax.data import normalize, sources, synthetic
 from ecgclip_jax.evaluate import Embedder
 from ecgclip_jax.evaluators import linear_probe, zero_shot
-from ecgclip_jax.interpret import ecg_plot, localization, saliency
+from ecgclip_jax.interpret import curves, ecg_plot, localization, saliency
 from ecgclip_jax.models import hf_import
 
 TARGETS = ("zero_shot", "linear_probe")
@@ -197,7 +197,7 @@ def run_explain(run: probe.Run, out_dir: str, *, classes: list[str], split: str,
             e.ecg_uv / 1000, sample_rate, saliency=maps[i],
             title=f"{e.record_id} · {target.name} · {target_kind} score {scores[i]:+.3f} · "
                   f"{method}")
-        ecg_plot.save_png(fig, os.path.join(out_dir, f"{name}_{method}_{e.record_id}.png"), dpi)
+        curves.save_png(fig, out_dir, f"{name}_{method}_{e.record_id}.png", dpi)
       if annotated:
         rows = _localize(examples, maps, name)
         results[name, method] = localization.summarize(rows)

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from ecgclip_jax.data.leads import LEAD_INDEX
-from ecgclip_jax.interpret import ecg_plot
+from ecgclip_jax.interpret import curves, ecg_plot
 
 
 def _line(fig, gid):
@@ -20,7 +20,8 @@ def test_png_size_follows_the_millimetre_layout(tmp_path, sample_rate, dpi, pixe
   # 4 rows x 40 mm + 2 x 5 mm margins + 14 mm title = 184 mm high.
   ecg = np.random.default_rng(0).normal(0, 0.3, (10 * sample_rate, 12))
   path = tmp_path / "page.png"
-  ecg_plot.save_png(ecg_plot.plot_ecg(ecg, sample_rate, saliency=ecg, title="x"), path, dpi)
+  curves.save_png(ecg_plot.plot_ecg(ecg, sample_rate, saliency=ecg, title="x"), tmp_path,
+                  path.name, dpi)
   assert Image.open(path).size == pixels == ecg_plot.Layout().pixels(dpi)
 
 
@@ -59,7 +60,8 @@ def test_saved_image_has_25_mm_per_s_and_10_mm_per_mv(tmp_path):
   ecg = np.zeros((1000, 12))
   ecg[400:440, LEAD_INDEX["II"]] = 1.0
   path = tmp_path / "pulse.png"
-  ecg_plot.save_png(ecg_plot.plot_ecg(ecg, 100, calibration=False), path)  # 10 px per mm
+  curves.save_png(ecg_plot.plot_ecg(ecg, 100, calibration=False), tmp_path, path.name,
+                  ecg_plot.DPI)  # 10 px per mm
   dark = np.asarray(Image.open(path).convert("RGB")).max(axis=2) < 100
   row = lambda mm: 1840 - round((5 + mm) * 10)  # grid starts 5 mm from the bottom edge
   col = lambda mm: round((5 + mm) * 10)
