@@ -647,14 +647,18 @@ def _annotations(plan: _Plan, i: int, labels: np.ndarray, sample_rate: int, num_
          for name in found if name in RHYTHM_LABELS]
   used = ~np.isnan(plan.beat_time[i])
   onset, kind = plan.beat_time[i][used] * 1000, plan.beat_kind[i][used]
-  c, s = plan.waves.center[i][kind], plan.waves.sigma[i][kind]  # [beats, waves]
+  waves = plan.waves
+  c, s = waves.center[i][kind], waves.sigma[i][kind]  # [beats, waves]
+  flat, fall = waves.flat[i][kind][:, _ST], waves.fall[i][kind][:, _ST]
   p_onset = c[:, _P_RA] - 2.45 * s[:, _P_RA]
   extents = {  # (start, end) in ms after each QRS onset
       "qrs": (0, plan.qrs_ms[i][kind]),
       "t_wave": (c[:, _T] - 2.45 * s[:, _T], c[:, _T] + 2.45 * s[:, _T]),
       "p_wave": (p_onset, c[:, _P_LA] + 2.45 * s[:, _P_LA]),
       "pr": (p_onset, 0),
-      "st": (plan.qrs_ms[i][kind], c[:, _T]),
+      # the injury current's whole plateau: from its rise into the J point to its fall
+      # with the T wave (a pulse above 5% of its top, as for the other waves)
+      "st": (c[:, _ST] - flat - 2.45 * s[:, _ST], c[:, _ST] + flat + 2.45 * fall),
   }
   to_sample = lambda ms: np.clip(np.rint((onset + ms) * sample_rate / 1000),
                                  0, num_samples).astype(int)

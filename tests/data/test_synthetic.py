@@ -382,6 +382,31 @@ def test_annotations_locate_beats_and_findings(clean_all):
     assert ("p_wave" in named) != has(r, "atrial_fibrillation")
 
 
+@pytest.mark.parametrize("finding", STE)
+def test_st_elevation_annotations_hold_the_whole_injury_current(finding):
+  """Saliency is scored against these regions, so they must hold all of the finding: the
+  same patients drawn with and without the injury current differ (almost) only inside the
+  annotated spans of the territory's leads, and the spans are not padded far beyond it."""
+  seed = int(np.random.default_rng().integers(1 << 16))
+  with_it = np.stack([synthetic.labels_of("normal_sinus_rhythm", finding)] * 4)
+  without = np.stack([synthetic.labels_of("normal_sinus_rhythm")] * 4)
+  pairs = zip(synthetic.synthesize(with_it, CLEAN_FS, 6.0, seed=seed, noise=False),
+              synthetic.synthesize(without, CLEAN_FS, 6.0, seed=seed, noise=False))
+  territory = [LEAD_INDEX[lead] for lead in TERRITORY[finding]]
+  for r, clean_twin in pairs:
+    injury = np.abs(r.ecg - clean_twin.ecg)[:, territory]
+    region = [(a.start, a.end) for a in r.annotations if a.name == finding]
+    inside = np.zeros(len(injury), bool)
+    for start, end in region:
+      inside[start:end] = True
+    assert injury[inside].sum() > 0.98 * injury.sum(), seed
+    for start, end in region:
+      if 0 < start and end < len(injury):  # a span cut by the record's ends holds a part
+        peak = injury[start:end].max(0)
+        assert peak.min() > 0.05, seed  # every span shows elevation in every territory lead
+        assert (injury[[start, end - 1]] < 0.2 * peak).all(), seed  # and ends where it fades
+
+
 # ----------------------------------------------------------------------------- noise and reports
 
 
