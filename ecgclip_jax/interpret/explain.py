@@ -202,12 +202,13 @@ def run_explain(run: probe.Run, out_dir: str, *, classes: list[str], split: str,
         rows = _localize(examples, maps, name)
         results[name, method] = localization.summarize(rows)
         per_record += [{"finding": name, "method": method, **dataclasses.asdict(r),
-                        "ratio": r.ratio} for r in rows]
+                        "ratio": r.ratio, "evidence_ratio": r.evidence_ratio} for r in rows]
         if control:
           _, control_maps = attribute(attributor, run.weights, targets[control], x, method,
                                       batch_size)
-          results[name, method]["control_ratio"] = localization.summarize(
-              _localize(examples, control_maps, name)).get("ratio_mean")
+          level = localization.summarize(_localize(examples, control_maps, name))
+          results[name, method] |= {"control_ratio": level.get("ratio_mean"),
+                                    "control_evidence_ratio": level.get("evidence_ratio_mean")}
       print(f"{name} {method}: {len(examples)} records, mean score {scores.mean():+.3f}, "
             f"{time.time() - start:.1f} s", flush=True)
 

@@ -43,6 +43,7 @@ def test_explain_a_tiny_model(tiny_config, tmp_path, capsys):
     rhythm = results["normal_sinus_rhythm", method]
     assert rhythm["n"] == 3 and rhythm["area_share"] == 1 and rhythm["ratio_mean"] == 1
     assert rhythm["control_ratio"] == 1
+    assert rhythm["evidence_ratio_mean"] in (None, 1)  # None: no record had positive evidence
     s = results[finding, method]
     assert 0 < s["area_share"] < 1 and 0 <= s["mass_share"] <= 1
     assert s["ratio_mean"] <= 1 / s["area_share"] and s["control_ratio"] <= 1 / s["area_share"]

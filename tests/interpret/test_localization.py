@@ -47,10 +47,26 @@ def test_even_and_random_maps_and_signs():
   assert localization.localize("r", saliency, np.zeros_like(mask)) is None
 
 
+def test_evidence_counts_only_what_raises_the_score():
+  rng = np.random.default_rng()
+  mask = localization.region_mask(ANNOTATIONS, "st_elevation_anterior", T)
+  saliency = rng.normal(size=mask.shape)
+  positive = np.maximum(saliency, 0)
+  r = localization.localize("r", saliency, mask)
+  assert r.evidence_share == pytest.approx(positive[mask].sum() / positive.sum())
+  # evidence inside, counter-evidence outside: all of the evidence, half of the mass inside
+  split = np.where(mask, 1.0, -mask.sum() / (~mask).sum())
+  r = localization.localize("r", split, mask)
+  assert r.evidence_ratio == pytest.approx(1 / r.area_share)
+  assert r.mass_share == pytest.approx(0.5)
+  assert localization.localize("r", -np.abs(saliency), mask).evidence_ratio is None
+
+
 def test_summary_and_table():
   rows = [localization.Localization("a", 0.5, 0.1), localization.Localization("b", 0.05, 0.1),
           localization.Localization("c", 0.3, 0.1)]
   s = localization.summarize(rows)
+  assert s["evidence_ratio_mean"] is None  # no row has positive evidence
   assert s["n"] == 3 and s["ratio_mean"] == pytest.approx(8.5 / 3)
   assert s["ratio_median"] == pytest.approx(3.0) and s["above_1"] == pytest.approx(2 / 3)
   assert s["mass_share"] == pytest.approx(0.85 / 3) and s["area_share"] == pytest.approx(0.1)
@@ -58,6 +74,10 @@ def test_summary_and_table():
                                      ("rbbb", "grad_x_input"): localization.summarize([])})
   assert "2.83" in table and "3.00" in table and "no annotated records" in table
   assert "control" not in table
-  s["control_ratio"] = 1.25
+  s |= {"control_ratio": 1.25, "control_evidence_ratio": 0.75}
   table = localization.format_table({("lbbb", "grad_x_input"): s})
-  assert table.splitlines()[0].endswith("control") and table.endswith("1.25")
+  assert table.splitlines()[0].split()[-2:] == ["control", "evidence"]
+  assert table.split()[-3:] == ["-", "1.25", "0.75"]
+  with_evidence = localization.summarize(
+      [localization.Localization("a", 0.5, 0.1, 0.4), localization.Localization("b", 0.5, 0.1)])
+  assert with_evidence["evidence_ratio_mean"] == pytest.approx(4.0)  # over rows that have it
