@@ -647,18 +647,21 @@ def _annotations(plan: _Plan, i: int, labels: np.ndarray, sample_rate: int, num_
          for name in found if name in RHYTHM_LABELS]
   used = ~np.isnan(plan.beat_time[i])
   onset, kind = plan.beat_time[i][used] * 1000, plan.beat_kind[i][used]
-  waves = plan.waves
-  c, s = waves.center[i][kind], waves.sigma[i][kind]  # [beats, waves]
-  flat, fall = waves.flat[i][kind][:, _ST], waves.fall[i][kind][:, _ST]
-  p_onset = c[:, _P_RA] - 2.45 * s[:, _P_RA]
+  w = plan.waves
+
+  def span(wave):
+    """Where `wave`'s pulse is above 5% of its top (flat top and slower fall included)."""
+    center, flat = w.center[i][kind][:, wave], w.flat[i][kind][:, wave]
+    return (center - flat - 2.45 * w.sigma[i][kind][:, wave],
+            center + flat + 2.45 * w.fall[i][kind][:, wave])
+
+  p_onset = span(_P_RA)[0]
   extents = {  # (start, end) in ms after each QRS onset
       "qrs": (0, plan.qrs_ms[i][kind]),
-      "t_wave": (c[:, _T] - 2.45 * s[:, _T], c[:, _T] + 2.45 * s[:, _T]),
-      "p_wave": (p_onset, c[:, _P_LA] + 2.45 * s[:, _P_LA]),
+      "t_wave": span(_T),
+      "p_wave": (p_onset, span(_P_LA)[1]),
       "pr": (p_onset, 0),
-      # the injury current's whole plateau: from its rise into the J point to its fall
-      # with the T wave (a pulse above 5% of its top, as for the other waves)
-      "st": (c[:, _ST] - flat - 2.45 * s[:, _ST], c[:, _ST] + flat + 2.45 * fall),
+      "st": span(_ST),  # the injury current: from its rise into the J point to its fall
   }
   to_sample = lambda ms: np.clip(np.rint((onset + ms) * sample_rate / 1000),
                                  0, num_samples).astype(int)

@@ -48,9 +48,15 @@ def test_explain_a_tiny_model(tiny_config, tmp_path, capsys):
     assert 0 < s["area_share"] < 1 and 0 <= s["mass_share"] <= 1
     assert s["ratio_mean"] <= 1 / s["area_share"] and s["control_ratio"] <= 1 / s["area_share"]
     assert s["control_ratio"] != s["ratio_mean"]  # another target's map
+    assert s["control_evidence_ratio"] != s["evidence_ratio_mean"]
   written = json.loads((out / "localization.json").read_text())
   assert {(r["finding"], r["method"]) for r in written["summary"]} == set(results)
   assert len(written["records"]) == sum(s["n"] for s in results.values())
+  for (finding_name, method), s in results.items():  # each record's evidence, averaged
+    evidence = [r["evidence_ratio"] for r in written["records"]
+                if (r["finding"], r["method"]) == (finding_name, method)
+                and r["evidence_ratio"] is not None]
+    assert s["evidence_ratio_mean"] == (pytest.approx(np.mean(evidence)) if evidence else None)
 
   with pytest.raises(ValueError, match="has no label.*st_elevation_posterior"):
     explain.run_explain(run, str(out), classes=["st_elevation_posterior"], split="test")
