@@ -11,10 +11,12 @@ the logit of a probe fitted on the training split's frozen features) and attribu
 of --methods. The --num_plots highest-scoring records are drawn per method, as
 OUT/<class>_<method>_<record_id>.png. On the synthetic corpus the share of |attribution|
 inside the finding's annotated region is compared with the region's share of the record
-(see `localization`): printed as a table and written to OUT/localization.json. `--control
-normal_sinus_rhythm` adds the same ratio for that label's saliency on the same records, the
-level any score's saliency reaches there; `--versus LABEL` explains score(class) -
-score(LABEL). One process, sharded over its local devices.
+(see `localization`): printed as a table and written to OUT/localization.json, with each
+class's mean score once its regions are set to the reference (`--baseline`): what the model
+has left without them, whatever a map shows. `--control normal_sinus_rhythm` adds the same
+ratio for that label's saliency on the same records, the level any score's saliency reaches
+there; `--versus LABEL` explains score(class) - score(LABEL). One process, sharded over
+its local devices.
 """
 
 from __future__ import annotations
@@ -124,22 +126,31 @@ def make_targets(kind: str, run: probe.Run, dataset: sources.Dataset, classes: l
   return {c: saliency.probe_target(c, fitted, names.index(c)) for c in classes}
 
 
-def attribute(attributor: saliency.Attributor, weights, target: saliency.Target,
-              x: np.ndarray, method: str, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """Scores [N] and attributions [N, T, 12] of `x` [N, T, 12], in batches of one shape (the
-  last padded by repeating its final record), so one compilation serves them all."""
-  scores, maps = [], []
+def _padded_batches(x: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
+  """`x` in batches of one shape (the last padded by repeating its final record), so one
+  compilation serves them all; with each batch's number of real records."""
   for i in range(0, len(x), batch_size):
     part = x[i:i + batch_size]
-    padded = np.pad(part, ((0, batch_size - len(part)), (0, 0), (0, 0)), mode="edge")
-    scores.append(attributor.scores(weights, target, padded)[:len(part)])
-    maps.append(attributor(weights, target, padded, method)[:len(part)])
-  return np.concatenate(scores), np.concatenate(maps)
+    yield np.pad(part, ((0, batch_size - len(part)), (0, 0), (0, 0)), mode="edge"), len(part)
 
 
-def _localize(examples: list[Example], maps: np.ndarray, name: str) -> list:
-  rows = [localization.localize(e.record_id, m, localization.region_mask(
-      e.annotations, name, len(m))) for e, m in zip(examples, maps)]
+def scores(attributor: saliency.Attributor, weights, target: saliency.Target, x: np.ndarray,
+           batch_size: int) -> np.ndarray:
+  """The target's scores [N] of `x` [N, T, 12]."""
+  return np.concatenate([attributor.scores(weights, target, batch)[:n]
+                         for batch, n in _padded_batches(x, batch_size)])
+
+
+def attribute(attributor: saliency.Attributor, weights, target: saliency.Target,
+              x: np.ndarray, method: str, batch_size: int) -> np.ndarray:
+  """Attributions [N, T, 12] of `x` [N, T, 12]."""
+  return np.concatenate([attributor(weights, target, batch, method)[:n]
+                         for batch, n in _padded_batches(x, batch_size)])
+
+
+def _localize(examples: list[Example], maps: np.ndarray, masks: np.ndarray) -> list:
+  rows = [localization.localize(e.record_id, m, mask)
+          for e, m, mask in zip(examples, maps, masks)]
   return [r for r in rows if r is not None]
 
 
@@ -179,7 +190,7 @@ def run_explain(run: probe.Run, out_dir: str, *, classes: list[str], split: str,
                   {c: dataset.label_names.index(c) for c in classes}, max_records)
   os.makedirs(out_dir, exist_ok=True)
 
-  results, per_record = {}, []
+  results, per_record, deletion = {}, [], []
   for name in classes:
     target = saliency.contrast(targets[name], targets[versus]) if versus else targets[name]
     examples = chosen[name]
@@ -188,28 +199,39 @@ def run_explain(run: probe.Run, out_dir: str, *, classes: list[str], split: str,
       continue
     x = np.stack([normalize.normalize_ecg(e.ecg_uv, e.lead_mask, run.config.data.normalization)
                   for e in examples])
+    score = scores(attributor, run.weights, target, x, batch_size)
+    if annotated:
+      masks = np.stack([localization.region_mask(e.annotations, name, len(xi))
+                        for e, xi in zip(examples, x)])
+      reference = saliency.baseline(x, config, sample_rate)
+      deleted = scores(attributor, run.weights, target, np.where(masks, reference, x),
+                       batch_size)
+      deletion.append({"finding": name, "n": len(x), "score_mean": float(score.mean()),
+                       "region_deleted_score_mean": float(deleted.mean())})
+      print(f"{name}: mean score {score.mean():+.3f}, {deleted.mean():+.3f} with its "
+            f"annotated regions set to the {config.baseline} reference", flush=True)
     for method in methods:
       start = time.time()
-      scores, maps = attribute(attributor, run.weights, target, x, method, batch_size)
-      for i in np.argsort(-scores, kind="stable")[:num_plots]:
+      maps = attribute(attributor, run.weights, target, x, method, batch_size)
+      for i in np.argsort(-score, kind="stable")[:num_plots]:
         e = examples[i]
         fig = ecg_plot.plot_ecg(
             e.ecg_uv / 1000, sample_rate, saliency=maps[i],
-            title=f"{e.record_id} · {target.name} · {target_kind} score {scores[i]:+.3f} · "
+            title=f"{e.record_id} · {target.name} · {target_kind} score {score[i]:+.3f} · "
                   f"{method}")
         curves.save_png(fig, out_dir, f"{name}_{method}_{e.record_id}.png", dpi)
       if annotated:
-        rows = _localize(examples, maps, name)
+        rows = _localize(examples, maps, masks)
         results[name, method] = localization.summarize(rows)
         per_record += [{"finding": name, "method": method, **dataclasses.asdict(r),
                         "ratio": r.ratio, "evidence_ratio": r.evidence_ratio} for r in rows]
         if control:
-          _, control_maps = attribute(attributor, run.weights, targets[control], x, method,
-                                      batch_size)
-          level = localization.summarize(_localize(examples, control_maps, name))
+          control_maps = attribute(attributor, run.weights, targets[control], x, method,
+                                   batch_size)
+          level = localization.summarize(_localize(examples, control_maps, masks))
           results[name, method] |= {"control_ratio": level.get("ratio_mean"),
                                     "control_evidence_ratio": level.get("evidence_ratio_mean")}
-      print(f"{name} {method}: {len(examples)} records, mean score {scores.mean():+.3f}, "
+      print(f"{name} {method}: {len(examples)} records, mean score {score.mean():+.3f}, "
             f"{time.time() - start:.1f} s", flush=True)
 
   if results:
@@ -218,7 +240,7 @@ def run_explain(run: probe.Run, out_dir: str, *, classes: list[str], split: str,
       json.dump({"run": run.name, "split": split, "target": target_kind, "versus": versus,
                  "control": control, "saliency": dataclasses.asdict(config),
                  "summary": [{"finding": c, "method": m, **s} for (c, m), s in results.items()],
-                 "records": per_record}, f, indent=2)
+                 "deletion": deletion, "records": per_record}, f, indent=2)
   print(f"wrote {out_dir}", flush=True)
   return results
 
@@ -237,9 +259,14 @@ def main():
   defaults = saliency.SaliencyConfig()
   steps = flags.DEFINE_integer("steps", defaults.steps, "Integrated gradients: path points.")
   base = flags.DEFINE_enum("baseline", defaults.baseline, saliency.BASELINES,
-                           "Integrated gradients: path start.")
+                           "Integrated gradients' path start; what occlusion fills in.")
   blur_s = flags.DEFINE_float("blur_s", defaults.blur_s, "'blur' baseline: sigma in seconds.")
-  chunk = flags.DEFINE_integer("chunk", defaults.chunk, "Path points evaluated together.")
+  chunk = flags.DEFINE_integer("chunk", defaults.chunk,
+                               "Path points or occluded copies evaluated together.")
+  occlusion_s = flags.DEFINE_float("occlusion_s", defaults.occlusion_s,
+                                   "Occlusion: window in seconds, one lead at a time.")
+  occlusion_stride_s = flags.DEFINE_float("occlusion_stride_s", defaults.occlusion_stride_s,
+                                          "Occlusion: window step in seconds.")
   batch_size = flags.DEFINE_integer("batch_size", 16, "Records attributed together.")
   max_records = flags.DEFINE_integer("max_records", 100, "Records per class (split order).")
   num_plots = flags.DEFINE_integer("num_plots", 2, "PNGs per class and method (top scores).")
@@ -253,7 +280,8 @@ def main():
                 target_kind=target.value, versus=versus.value, control=control.value,
                 methods=methods.value,
                 config=saliency.SaliencyConfig(steps.value, base.value, blur_s.value,
-                                               chunk.value),
+                                               chunk.value, occlusion_s.value,
+                                               occlusion_stride_s.value),
                 batch_size=batch_size.value, max_records=max_records.value,
                 num_plots=num_plots.value, prompts=prompts.value, dpi=dpi.value)
 

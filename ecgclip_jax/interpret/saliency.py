@@ -1,4 +1,5 @@
-"""Attributions of a class score to the input ECG: gradient x input, integrated gradients.
+"""Attributions of a class score to the input ECG: gradient x input, integrated gradients,
+occlusion.
 
 A target is a scalar read-out per record, `representation(x) . direction + offset`: the
 zero-shot score (the cosine of the unit ECG embedding with a class embedding) or a linear
@@ -24,8 +25,8 @@ from scipy import ndimage
 from ecgclip_jax import train_state
 from ecgclip_jax.evaluators import linear_probe
 
-METHODS = ("grad_x_input", "integrated_gradients")
-BASELINES = ("zeros", "blur")
+METHODS = ("grad_x_input", "integrated_gradients", "occlusion")
+BASELINES = ("isoelectric", "blur", "zeros")
 REPRESENTATIONS = ("embedding", "features")
 
 ScoreFn = Callable[[jax.Array], jax.Array]  # [B, T, C] -> [B], records independent
@@ -34,9 +35,11 @@ ScoreFn = Callable[[jax.Array], jax.Array]  # [B, T, C] -> [B], records independ
 @dataclasses.dataclass(frozen=True)
 class SaliencyConfig:
   steps: int = 32  # integrated gradients: midpoint-rule points along the path
-  baseline: str = "blur"  # where the path starts (see `baseline`)
+  baseline: str = "isoelectric"  # the reference signal (see `baseline`)
   blur_s: float = 0.2  # "blur": Gaussian sigma in seconds, wider than a QRS or an ST segment
-  chunk: int = 8  # path points evaluated together: memory grows with chunk x batch
+  chunk: int = 8  # path points or occluded copies evaluated together: memory ~ chunk x batch
+  occlusion_s: float = 0.16  # occlusion window: about a QRS complex or an ST segment
+  occlusion_stride_s: float = 0.04
 
 
 def check_config(config: SaliencyConfig) -> None:
@@ -44,6 +47,8 @@ def check_config(config: SaliencyConfig) -> None:
     raise ValueError(f"unknown saliency baseline {config.baseline!r}; choose from {BASELINES}")
   if config.steps < 1 or config.chunk < 1 or config.blur_s <= 0:
     raise ValueError(f"saliency steps and chunk must be >= 1 and blur_s > 0, got {config}")
+  if not 0 < config.occlusion_stride_s <= config.occlusion_s:
+    raise ValueError(f"need 0 < occlusion_stride_s <= occlusion_s, got {config}")
 
 
 def gradient_x_input(score: ScoreFn, x: jax.Array) -> jax.Array:
@@ -73,14 +78,51 @@ def integrated_gradients(score: ScoreFn, x: jax.Array, baseline: jax.Array, step
   return delta * total
 
 
+def occlusion(score: ScoreFn, x: jax.Array, fill: jax.Array, width: int, stride: int,
+              chunk: int) -> jax.Array:
+  """Per lead, how much the score drops when a window of `width` samples is replaced by
+  `fill`'s, the window sliding by `stride`; each sample gets the mean drop of the windows
+  covering it (positive: that part raises the score). Windows start before the record so
+  that its edges are covered as often as its middle. A scan over chunks of `chunk` windows
+  keeps memory at `chunk` occluded copies of the batch; padding windows occlude nothing."""
+  batch, num_samples, num_leads = x.shape
+  starts = np.arange(stride - width, num_samples, stride)
+  num_windows = num_leads * len(starts)
+  num_chunks = -(-num_windows // chunk)
+  pad = num_chunks * chunk - num_windows
+  leads = np.r_[np.repeat(np.arange(num_leads), len(starts)), -np.ones(pad, int)]
+  begins = np.r_[np.tile(starts, num_leads), np.zeros(pad, int)]
+  t, lead_index = jnp.arange(num_samples), jnp.arange(num_leads)
+  reference = score(x)
+
+  def drops(_, part):
+    lead, begin = part  # [chunk]
+    inside = (t >= begin[:, None]) & (t < begin[:, None] + width)  # [chunk, T]
+    occluded = inside[:, :, None] & (lead_index == lead[:, None, None])  # [chunk, T, C]
+    z = jnp.where(occluded[:, None], fill, x)  # [chunk, B, T, C]
+    return None, reference - score(z.reshape(-1, num_samples, num_leads)).reshape(chunk, batch)
+
+  _, drop = jax.lax.scan(drops, None, (leads.reshape(num_chunks, chunk),
+                                       begins.reshape(num_chunks, chunk)))
+  drop = drop.reshape(-1, batch)[:num_windows].reshape(num_leads, len(starts), batch)
+  covers = ((np.arange(num_samples) >= starts[:, None])
+            & (np.arange(num_samples) < starts[:, None] + width)).astype(np.float32)
+  return jnp.einsum("lwb,wt->btl", drop, covers) / covers.sum(0)[:, None]
+
+
 def baseline(x: np.ndarray, config: SaliencyConfig, sample_rate: float) -> np.ndarray:
-  """The path start for `x` [B, T, C]. "blur" (the default), a Gaussian low-pass of `x`: the
-  lead's level and slow wander stay, the waves go, so IG asks what the waveform adds. "zeros"
-  (z-scored input: every lead flat at its mean) starts where a cosine target is ill-defined:
-  a network without biases is scale-invariant under the cosine, so along the straight path
-  from 0 the score barely moves and IG no longer adds up to score(x) - score(0)."""
+  """The reference for `x` [B, T, C]: where integrated gradients' path starts and what
+  occlusion puts in a window's place. "isoelectric" (the default), every lead flat at its
+  median, the level it rests at between waves: each wave is explained as its deviation from
+  that line, as an ST shift is read. "blur", a Gaussian low-pass of `x`: the lead's level
+  and slow wander stay, the sharp waves go (an ST plateau partly stays). "zeros" (z-scored
+  input: every lead flat at its mean) starts where a cosine target is ill-defined: a network
+  without biases is scale-invariant under the cosine, so along the straight path from 0 the
+  score barely moves and IG no longer adds up to score(x) - score(0)."""
   if config.baseline == "zeros":
     return np.zeros_like(x)
+  if config.baseline == "isoelectric":
+    return np.broadcast_to(np.median(x, axis=1, keepdims=True), x.shape).copy()
   return ndimage.gaussian_filter1d(x, config.blur_s * sample_rate, axis=1, mode="nearest")
 
 
@@ -132,6 +174,8 @@ class Attributor:
                sharding: jax.sharding.Sharding | None = None):
     check_config(config)
     self.config, self.sample_rate = config, sample_rate
+    self.occlusion_window = tuple(max(1, round(seconds * sample_rate)) for seconds in
+                                  (config.occlusion_s, config.occlusion_stride_s))
     self._place = lambda x: x if x is None or sharding is None else jax.device_put(x, sharding)
     reads = {"embedding": trainer.embed_ecg, "features": trainer.ecg_features}
 
@@ -142,6 +186,8 @@ class Attributor:
       fn = lambda z: score(weights, z, direction, offset, representation=representation)
       if method == "grad_x_input":
         return gradient_x_input(fn, x)
+      if method == "occlusion":
+        return occlusion(fn, x, start, *self.occlusion_window, config.chunk)
       return integrated_gradients(fn, x, start, config.steps, config.chunk)
 
     self._score = jax.jit(score, static_argnames="representation")

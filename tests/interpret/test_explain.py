@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from ecgclip_jax import probe
-from ecgclip_jax.data import sources
+from ecgclip_jax.data import normalize, sources
 from ecgclip_jax.interpret import ecg_plot, explain, saliency
 
 FINDINGS = ("premature_ventricular_complexes", "right_bundle_branch_block",
@@ -31,12 +31,13 @@ def test_explain_a_tiny_model(tiny_config, tmp_path, capsys):
 
   results = explain.run_explain(
       run, str(out), classes=classes, split="test", control="normal_sinus_rhythm",
-      config=saliency.SaliencyConfig(steps=4, chunk=2), batch_size=8, max_records=3,
-      num_plots=1)
+      config=saliency.SaliencyConfig(steps=4, chunk=2, occlusion_s=1, occlusion_stride_s=0.5),
+      batch_size=8, max_records=3, num_plots=1)
   printed = capsys.readouterr().out
   assert "note:" not in printed and "finding" in printed  # the table
   pngs = sorted(p.name for p in out.glob("*.png"))
-  assert len(pngs) == 4 and all(p.startswith(tuple(classes)) for p in pngs)
+  assert len(pngs) == 2 * len(saliency.METHODS)
+  assert all(p.startswith(tuple(classes)) for p in pngs)
   assert Image.open(out / pngs[0]).size == ecg_plot.Layout().pixels()
   # A rhythm covers the whole record: the region is everything, the ratio exactly 1.
   for method in saliency.METHODS:
@@ -51,6 +52,22 @@ def test_explain_a_tiny_model(tiny_config, tmp_path, capsys):
     assert s["control_evidence_ratio"] != s["evidence_ratio_mean"]
   written = json.loads((out / "localization.json").read_text())
   assert {(r["finding"], r["method"]) for r in written["summary"]} == set(results)
+  # The rhythm's region is the whole record: deleting it leaves each lead's flat reference.
+  deletion = {d["finding"]: d for d in written["deletion"]}
+  assert set(deletion) == set(classes)
+  assert deletion[finding]["n"] == min(3, sum(e.labels[names.index(finding)] for e in examples))
+  target = explain.make_targets("zero_shot", run, dataset, ["normal_sinus_rhythm"],
+                                run.config.eval.prompts)["normal_sinus_rhythm"]
+  rhythm = [e for e in examples if e.labels[names.index("normal_sinus_rhythm")]][:3]
+  x = np.stack([normalize.normalize_ecg(e.ecg_uv, e.lead_mask, run.config.data.normalization)
+                for e in rhythm])
+  flat = np.broadcast_to(np.median(x, axis=1, keepdims=True), x.shape)
+  read = run.trainer.embed_ecg(*run.weights, flat) @ target.direction
+  assert deletion["normal_sinus_rhythm"]["region_deleted_score_mean"] == pytest.approx(
+      float(np.mean(read)), abs=1e-5)
+  assert deletion["normal_sinus_rhythm"]["score_mean"] == pytest.approx(
+      float(np.mean(run.trainer.embed_ecg(*run.weights, x) @ target.direction)), abs=1e-5)
+  assert deletion[finding]["region_deleted_score_mean"] != deletion[finding]["score_mean"]
   assert len(written["records"]) == sum(s["n"] for s in results.values())
   for (finding_name, method), s in results.items():  # each record's evidence, averaged
     evidence = [r["evidence_ratio"] for r in written["records"]

@@ -92,13 +92,60 @@ def test_batched_attributions_equal_per_record_ones():
                              rtol=0, atol=1e-5 * np.abs(gxi).max())
 
 
-def test_blur_baseline_keeps_the_level_and_removes_the_waves():
+@pytest.mark.parametrize("width, stride, chunk", [(4, 2, 5), (5, 2, 8), (3, 3, 1)])
+def test_occlusion_matches_a_window_by_window_float64_reference(width, stride, chunk):
+  """Every (lead, window) occluded one at a time in float64; chunk sizes that do not divide
+  the number of windows (padding), widths that the stride does not divide."""
+  x, rng = _inputs(6)
+  fill = rng.normal(size=x.shape)
+  w = rng.normal(size=(T * C, 5))
+  f64 = lambda z: np.sum(np.sin(z.reshape(len(z), -1) @ w), axis=1)  # mixes samples
+  score = lambda z: jnp.sum(jnp.sin(z.reshape(len(z), -1) @ w.astype(np.float32)), axis=1)
+  got = np.asarray(saliency.occlusion(score, x, fill.astype(np.float32), width, stride, chunk))
+  total, count = np.zeros(x.shape), np.zeros((T, 1))
+  for begin in range(stride - width, T, stride):
+    window = slice(max(begin, 0), begin + width)
+    count[window] += 1
+    for lead in range(C):
+      z = x.astype(np.float64)
+      z[:, window, lead] = fill[:, window, lead]
+      total[:, window, lead] += (f64(x.astype(np.float64)) - f64(z))[:, None]
+  expected = total / count
+  np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+
+
+def test_occlusion_sees_only_where_the_score_looks():
+  """A score reading samples 10-13 of lead 2, where the input is positive: occluding any
+  window that reaches them (width 4: samples 7-16 of lead 2) lowers the score, so the map
+  is positive there (that part raises the score) and exactly 0 everywhere else."""
+  x, _ = _inputs(7)
+  x[:, 10:14, 2] = np.abs(x[:, 10:14, 2]) + 0.1
+  score = lambda z: jnp.sum(z[:, 10:14, 2], axis=1)
+  occluded = np.asarray(saliency.occlusion(score, x, np.zeros_like(x), 4, 1, 8))
+  reach = np.zeros((T, C), bool)
+  reach[7:17, 2] = True
+  assert (occluded[:, reach] > 0).all() and (occluded[:, ~reach] == 0).all()
+  with pytest.raises(ValueError, match="occlusion_stride_s"):
+    saliency.check_config(saliency.SaliencyConfig(occlusion_s=0.04, occlusion_stride_s=0.08))
+
+
+def test_baselines_isoelectric_blur_zeros():
   t = np.arange(500) / 100
   x = (1.5 + np.sin(2 * np.pi * 5 * t))[None, :, None] * np.ones((2, 1, C), np.float32)
   config = saliency.SaliencyConfig(baseline="blur", blur_s=0.2)
   blurred = saliency.baseline(x, config, sample_rate=100)
   assert np.abs(blurred[:, 100:-100] - 1.5).max() < 5e-3  # the 1 mV wave: below 0.5%
   assert (saliency.baseline(x, saliency.SaliencyConfig(baseline="zeros"), 100) == 0).all()
+  # A beat-like lead: flat at 0.3 with a tall spike and a plateau; its mean is pulled up.
+  rng = np.random.default_rng(8)
+  beats = np.full((2, 500, C), 0.3, np.float32)
+  beats[:, 50::100] += 5
+  beats[:, 60::100] += 1
+  beats += 0.01 * rng.normal(size=beats.shape).astype(np.float32)
+  flat = saliency.baseline(beats, saliency.SaliencyConfig(baseline="isoelectric"), 100)
+  assert flat.shape == beats.shape and (flat == flat[:, :1]).all()
+  np.testing.assert_allclose(flat[:, 0], 0.3, atol=0.01)
+  assert beats.mean() > 0.35
 
 
 def test_probe_target_reproduces_the_probe_logit():
@@ -151,5 +198,8 @@ def test_attributor_explains_the_model_read_out(tiny_config, representation):
   gxi = attributor(weights, target, x, "grad_x_input")
   np.testing.assert_allclose(gxi, saliency.gradient_x_input(score, x), rtol=0,
                              atol=1e-4 * np.abs(gxi).max())
+  occluded = attributor(weights, target, x, "occlusion")  # 0.16 s windows by 0.04 s
+  expected = saliency.occlusion(score, x, saliency.baseline(x, config, 100.0), 16, 4, 2)
+  np.testing.assert_allclose(occluded, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
   with pytest.raises(ValueError, match="unknown saliency method"):
-    attributor(weights, target, x, "occlusion")
+    attributor(weights, target, x, "smoothgrad")
