@@ -87,27 +87,26 @@ def occlusion(score: ScoreFn, x: jax.Array, fill: jax.Array, width: int, stride:
   keeps memory at `chunk` occluded copies of the batch; padding windows occlude nothing."""
   batch, num_samples, num_leads = x.shape
   starts = np.arange(stride - width, num_samples, stride)
+  t = np.arange(num_samples)
+  covers = (t >= starts[:, None]) & (t < starts[:, None] + width)  # [windows, T]
   num_windows = num_leads * len(starts)
   num_chunks = -(-num_windows // chunk)
   pad = num_chunks * chunk - num_windows
   leads = np.r_[np.repeat(np.arange(num_leads), len(starts)), -np.ones(pad, int)]
-  begins = np.r_[np.tile(starts, num_leads), np.zeros(pad, int)]
-  t, lead_index = jnp.arange(num_samples), jnp.arange(num_leads)
+  windows = np.r_[np.tile(np.arange(len(starts)), num_leads), np.zeros(pad, int)]
   reference = score(x)
 
   def drops(_, part):
-    lead, begin = part  # [chunk]
-    inside = (t >= begin[:, None]) & (t < begin[:, None] + width)  # [chunk, T]
-    occluded = inside[:, :, None] & (lead_index == lead[:, None, None])  # [chunk, T, C]
+    lead, window = part  # [chunk]
+    occluded = (jnp.asarray(covers)[window][:, :, None]
+                & (jnp.arange(num_leads) == lead[:, None, None]))  # [chunk, T, C]
     z = jnp.where(occluded[:, None], fill, x)  # [chunk, B, T, C]
     return None, reference - score(z.reshape(-1, num_samples, num_leads)).reshape(chunk, batch)
 
   _, drop = jax.lax.scan(drops, None, (leads.reshape(num_chunks, chunk),
-                                       begins.reshape(num_chunks, chunk)))
+                                       windows.reshape(num_chunks, chunk)))
   drop = drop.reshape(-1, batch)[:num_windows].reshape(num_leads, len(starts), batch)
-  covers = ((np.arange(num_samples) >= starts[:, None])
-            & (np.arange(num_samples) < starts[:, None] + width)).astype(np.float32)
-  return jnp.einsum("lwb,wt->btl", drop, covers) / covers.sum(0)[:, None]
+  return jnp.einsum("lwb,wt->btl", drop, covers.astype(np.float32)) / covers.sum(0)[:, None]
 
 
 def baseline(x: np.ndarray, config: SaliencyConfig, sample_rate: float) -> np.ndarray:
