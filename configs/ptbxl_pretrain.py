@@ -21,7 +21,6 @@ def get_config(scale: str = "full"):
   c.data.builder_config = "100hz"
   c.data.num_samples = 1000
   c.data.normalization = "zscore"
-  c.data.eval_split = "test"
   c.text.max_length = 64
   c.text.trainable_top_layers = 2
   c.ecg.arch = "resnet18"

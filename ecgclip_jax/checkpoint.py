@@ -125,15 +125,23 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> A
       state=ocp.args.StandardRestore(abstract_state)))["state"]
 
 
+def restore_weights(manager: ocp.CheckpointManager, step: int, abstract_weights: Any) -> Any:
+  """Only what inference needs, `(params, model_state)` of checkpoint `step`, onto the
+  shardings of `abstract_weights`: the optimizer moments (twice the parameters' size) are
+  never read."""
+  params, model_state = abstract_weights
+  item = {"params": params, "model_state": model_state}
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+      partial_restore=True)))["state"]
+  return restored["params"], restored["model_state"]
+
+
 def restore_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:
   """The resolved config a checkpoint was trained with: downstream jobs rebuild the model
-  from it, so they need no config file of their own. It is laid over today's defaults, so
-  keys added since the checkpoint was written read as their defaults."""
+  from it, so they need no config file of their own (see config_defaults.from_stored)."""
   restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-  config = config_defaults.default_config()
-  with config.unlocked():
-    config.update(restored["config"])
-  return config
+  return config_defaults.from_stored(restored["config"])
 
 
 def resolve_step(manager: ocp.CheckpointManager, step: int | None) -> int:

@@ -1,4 +1,5 @@
-"""Command-line plumbing shared by the entry points (train, evaluate)."""
+"""Command-line plumbing shared by the absl commands (train, evaluate, probe, predict, export,
+explain): flags, one-line user errors, and a `--help` that lists every flag."""
 
 from __future__ import annotations
 
@@ -25,6 +26,15 @@ def define_config_and_workdir(workdir_help: str):
   return config, workdir
 
 
+def define_model_flags(workdir_help: str = "Training workdir (checkpoints/) or exported "
+                       "model folder."):
+  """`--workdir` (where the model is) and `--step` (which checkpoint), for the jobs that
+  restore a trained model."""
+  workdir = flags.DEFINE_string("workdir", None, workdir_help)
+  step = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  return workdir, step
+
+
 def define_distributed_flags() -> Callable[[], None]:
   """Flags that join this process to a multi-process run; returns the function that joins
   (call it before anything touches a device). Unset: launch/local.sh's JAX_* variables, a
@@ -45,8 +55,25 @@ def define_distributed_flags() -> Callable[[], None]:
   return start
 
 
+def _help_exits_zero(parse: Callable[[str], object]) -> Callable[[str], object]:
+  """absl's help flags print the usage, then exit with status 1; a help asked for is a
+  success (status 0, as argparse commands and most tools do)."""
+  def parse_then_exit_zero(argument: str) -> object:
+    try:
+      return parse(argument)
+    except SystemExit as e:
+      if e.code == 1:
+        sys.exit(0)
+      raise
+  return parse_then_exit_zero
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, with an unknown `--config.key` override reported in one line."""
+  """absl flag parsing, with an unknown `--config.key` override reported in one line and
+  `--help` / `--helpfull` ending with status 0."""
+  for name in ("help", "helpshort", "helpfull", "helpxml"):
+    if name in flags.FLAGS:  # defined by app.run before it calls this parser
+      flags.FLAGS[name].parse = _help_exits_zero(flags.FLAGS[name].parse)
   try:
     return flags.FLAGS(argv)
   except (KeyError, AttributeError) as e:  # raised by ml_collections for a missing key
@@ -56,6 +83,28 @@ def _parse_flags(argv: list[str]) -> list[str]:
              + (f" (did you mean {hint.group(1)!r}?)" if hint else ""))
   except flags.Error as e:
     sys.exit(f"error: {e}\nPass --help for usage.")
+
+
+# Modules whose flags `--help` lists: ours, and ml_collections' (`--config`). Absl's own
+# (--verbosity, --logtostderr, ...) and those of libraries stay under --helpfull.
+_HELP_MODULE_PREFIXES = ("ecgclip_jax", "ml_collections.config_flags")
+
+
+def _attribute_flags_to_main() -> None:
+  """Makes absl's short `--help` list every flag this project defines.
+
+  `--help` shows only the key flags of the main module (`sys.argv[0]`), but most flags are
+  defined in cli.py or helper modules (embedding_map), and under a console script even the
+  command module's own flags are registered under `ecgclip_jax.X`, not the main module.
+  Declares each as a key flag of the main module: `--helpfull` still lists them once, under
+  the module that defines them."""
+  main_module = sys.argv[0]
+  for module, module_flags in list(flags.FLAGS.flags_by_module_dict().items()):
+    if module == main_module or not any(
+        module == p or module.startswith(p + ".") for p in _HELP_MODULE_PREFIXES):
+      continue
+    for flag in module_flags:
+      flags.FLAGS.register_key_flag_for_module(main_module, flag)
 
 
 def run(job: Callable[[], object]) -> None:
@@ -75,4 +124,10 @@ def run(job: Callable[[], object]) -> None:
         raise
       sys.exit(f"error: {e}")
 
+  _attribute_flags_to_main()
+  # --help starts with __main__'s docstring; a console script's __main__ is a bare wrapper,
+  # so show the command module's, as `python -m ecgclip_jax.X --help` does.
+  entry, command = sys.modules.get("__main__"), sys.modules.get(getattr(job, "__module__", ""))
+  if entry is not None and command is not None and not entry.__doc__:
+    entry.__doc__ = command.__doc__
   app.run(main, flags_parser=_parse_flags)

@@ -12,43 +12,10 @@ A run name found in two folders is prefixed with its folder's name.
 from __future__ import annotations
 
 import argparse
-import collections
-import os
 import sys
 
 from ecgclip_jax.cli import USER_ERRORS
 from ecgclip_jax.evaluators import results
-
-
-def load_runs(run_dirs: list[str]) -> list[dict]:
-  """Every row of every folder, with `run` made unique across folders."""
-  per_dir = []
-  for run_dir in run_dirs:
-    path = os.path.join(run_dir, "results.csv")
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"no results.csv in {run_dir} (expected the output folder of "
-                              "python -m ecgclip_jax.probe)")
-    per_dir.append(results.read_results(path))
-  folders_of = collections.defaultdict(set)
-  for run_dir, rows in zip(run_dirs, per_dir):
-    for row in rows:
-      folders_of[row["run"]].add(run_dir)
-  merged = []
-  for run_dir, rows in zip(run_dirs, per_dir):
-    folder = os.path.basename(os.path.normpath(run_dir))
-    for row in rows:
-      if len(folders_of[row["run"]]) > 1:
-        row = {**row, "run": f"{folder}: {row['run']}"}
-      merged.append(row)
-  return merged
-
-
-def comparison(run_dirs: list[str], metric: str = "prauc", per_task: bool = False) -> str:
-  rows = load_runs(run_dirs)
-  if not per_task:
-    rows = [r for r in rows if r["task"] == results.MACRO]
-  return (f"{metric.upper()} (95% bootstrap CI) of {len(run_dirs)} result folders\n\n"
-          + results.pivot_table(rows, metric, counts=per_task))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--per_task", action="store_true", help="every task, not only macro")
   args = parser.parse_args(argv)
   try:
-    table = comparison(args.run_dirs, args.metric, args.per_task)
+    table = results.comparison(args.run_dirs, args.metric, args.per_task)
     if args.out:
       with open(args.out, "w", encoding="utf-8") as f:
         f.write(table + "\n")

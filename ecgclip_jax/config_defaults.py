@@ -13,11 +13,21 @@ import functools
 
 import ml_collections
 
-from ecgclip_jax.losses import LOSSES
+from ecgclip_jax import losses, nonfinite
+from ecgclip_jax.data import normalize
+from ecgclip_jax.models import bert, build, resnet1d
 
-NORMALIZATIONS = ("minmax", "zscore", "none")
-COMPUTE_DTYPES = ("float32", "bfloat16")
-NONFINITE_POLICIES = ("skip", "stop")
+# Every key with a fixed set of values, and the module that owns the set.
+CHOICES = {
+    "data.normalization": normalize.NORMALIZATION_METHODS,
+    "text.pooling": bert.POOLING_METHODS,
+    "ecg.arch": tuple(resnet1d.STAGE_DEPTHS),
+    "ecg.pooling": resnet1d.POOLINGS,
+    "ecg.norm": resnet1d.NORMS,
+    "model.dtype": build.COMPUTE_DTYPES,
+    "model.loss": losses.LOSSES,
+    "nonfinite.policy": nonfinite.POLICIES,
+}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -32,8 +42,7 @@ def default_config() -> ml_collections.ConfigDict:
       num_patients=0,  # synthetic corpus size; 0 = the builder config's own size
       corpus_seed=0,  # synthetic corpus draw; another seed gives disjoint patients and records
       train_split="train",
-      eval_split="test",
-      normalization="zscore",  # one of NORMALIZATIONS
+      normalization="zscore",  # one of normalize.NORMALIZATION_METHODS
       num_samples=1000,  # expected record length (rate x seconds); checked against the data
       worker_count=0,  # grain worker processes per JAX process
   )
@@ -41,11 +50,11 @@ def default_config() -> ml_collections.ConfigDict:
       encoder_dir="",  # Hugging Face folder; '' = the bundled all-MiniLM-L6-v2
       pretrained=True,  # load model.safetensors (False: random init from config.json)
       max_length=64,
-      pooling="mean",  # "mean" or "cls"
+      pooling="mean",  # one of bert.POOLING_METHODS: "mean" or "cls"
       trainable_top_layers=-1,  # -1: whole text tower trains; 0: frozen; k: top k layers train
   )
   c.ecg = dict(
-      arch="resnet18",  # "resnet18" or "resnet34"
+      arch="resnet18",  # one of resnet1d.STAGE_DEPTHS: "resnet18" or "resnet34"
       width_multiplier=1.0,
       pooling="avg",  # "avg" or "attention"
       norm="batch",  # "batch" (BatchNorm) or "group" (GroupNorm: independent of the batch)
@@ -82,7 +91,7 @@ def default_config() -> ml_collections.ConfigDict:
   # records the batch in WORKDIR/nonfinite_batches.jsonl; "stop" ends the run with a
   # diagnostic. Either way the last checkpoint stays as it was.
   c.nonfinite = dict(
-      policy="skip",  # one of NONFINITE_POLICIES
+      policy="skip",  # one of nonfinite.POLICIES
       max_consecutive=10,  # skipping stops the run after this many non-finite steps in a row
   )
   c.log_every_steps = 50
@@ -140,9 +149,7 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
   problems = [p for p in problems if p]
   if problems:  # the checks below read the values
     return problems
-  choices = (("data.normalization", NORMALIZATIONS), ("model.loss", LOSSES),
-             ("model.dtype", COMPUTE_DTYPES), ("nonfinite.policy", NONFINITE_POLICIES))
-  for key, allowed in choices:
+  for key, allowed in CHOICES.items():
     if lookup(config, key) not in allowed:
       problems.append(f"{key}={lookup(config, key)!r}; choose one of {allowed}")
   for key in ("batch_size", "total_steps", "log_every_steps", "checkpoint_every_steps",
@@ -151,6 +158,26 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
     if lookup(config, key) <= 0:
       problems.append(f"{key} must be positive, got {lookup(config, key)}")
   return problems
+
+
+def from_stored(stored: dict) -> ml_collections.ConfigDict:
+  """A config saved with a checkpoint or model folder, laid over today's defaults: keys added
+  since it was written read as their defaults, keys since removed (data.eval_split) are
+  dropped."""
+  config = default_config()
+
+  def lay(node: ml_collections.ConfigDict, values: dict) -> None:
+    for key, value in values.items():
+      if key not in node:
+        continue
+      if isinstance(node[key], ml_collections.ConfigDict) and isinstance(value, dict):
+        lay(node[key], value)
+      else:
+        node[key] = value
+
+  with config.unlocked():
+    lay(config, stored)
+  return config
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:

@@ -1,7 +1,7 @@
 """Contrastive losses over the GLOBAL batch, in three implementations (`model.loss`).
 
 - "clip": symmetric softmax CLIP written globally; under `jax.jit` with batch-sharded
-  embeddings XLA gathers what the similarity matrix needs (DESIGN.md).
+  embeddings XLA gathers what the similarity matrix needs (docs/architecture.md, "One global batch").
 - "clip_shard_map": the same value with explicit communication: each device all-gathers the
   other tower and scores only its own rows, so its logits are `n x N`, never `N x N`.
 - "siglip": the sigmoid loss of Zhai et al. 2023, with report blocks passed around a ring of

@@ -16,9 +16,11 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
+from ecgclip_jax.data import contract
 from ecgclip_jax.metrics_writer import read_jsonl_until
 
 _ID_BYTES = 64  # record ids travel between processes as fixed-width bytes
+POLICIES = ("skip", "stop")
 
 
 class NonFiniteStepError(FloatingPointError):
@@ -27,7 +29,7 @@ class NonFiniteStepError(FloatingPointError):
 
 def _all_record_ids(local_ids: np.ndarray) -> list[str]:
   """Every process's record ids of one global batch (a collective: all processes call it)."""
-  ids = [x.decode() if isinstance(x, bytes) else str(x) for x in np.asarray(local_ids).ravel()]
+  ids = [contract.text(x) for x in np.asarray(local_ids).ravel()]
   if jax.process_count() == 1:
     return ids
   padded = np.zeros((len(ids), _ID_BYTES), np.uint8)

@@ -162,3 +162,19 @@ def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str,
   sharding = batch_sharding(mesh)
   return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
           for name, value in local_batch.items()}
+
+
+def shard_rows(array: np.ndarray, mesh: Mesh) -> jax.Array:
+  """A host array that every process holds in full, its rows split over the batch axes
+  (each process places only its own devices' rows)."""
+  array = np.asarray(array)
+  return jax.make_array_from_callback(array.shape, batch_sharding(mesh), lambda i: array[i])
+
+
+def bytes_per_device(tree: Any) -> int:
+  """The most bytes of `tree`'s arrays that any one device holds (its shards)."""
+  per_device: dict[Any, int] = {}
+  for x in jax.tree.leaves(tree):
+    for shard in x.addressable_shards:
+      per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
+  return max(per_device.values(), default=0)

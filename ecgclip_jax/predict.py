@@ -1,314 +1,25 @@
-"""Scores ECG files with a trained checkpoint: a zero-shot score per condition and the nearest
+"""Scores ECG files with a trained model: a zero-shot score per condition and the nearest
 reports of a report bank, for recordings that were never part of a dataset build.
 
-    python -m ecgclip_jax.predict --workdir workdirs/demo --input ecgs/ [--step N] \
-        [--input a.npy,b.npy --sample_rate 500 [--leads I,II,...] [--units uV]] \
-        [--prompts configs/prompts/X.json] [--bank_split train] [--top_k 3] \
+    python -m ecgclip_jax.predict --workdir workdirs/demo --input ecgs/ [--step N] \\
+        [--input a.npy,b.npy --sample_rate 500 [--leads I,II,...] [--units uV]] \\
+        [--prompts configs/prompts/X.json] [--bank_split train] [--top_k 3] \\
         [--output predictions.json]
 
-Inputs are files or folders (searched recursively): WFDB records (by their `.hea`), CinC
-`.mat` files (read through the `.hea` beside them) and `.npy` arrays, [time, lead] or
-[lead, time], which need `--sample_rate` (shared by every .npy input, as are `--leads`,
-default the 12 standard leads in order, and `--units`). Each input goes through the signal
-preparation of the checkpoint's own dataset build (`Dataset.signal_spec`: canonical leads,
-repair, resampling, filter, length, int16 µV) and then the evaluation input pipeline
-(normalization), so the model sees what it saw in training.
-
-A score is the cosine similarity between the ECG and the mean embedding of the label's prompts
-(default prompt file: the checkpoint's `eval.prompts`). The report bank holds the distinct
-reports of a split of the checkpoint's dataset, embedded once and cached in
-WORKDIR/predict_cache/. A file that cannot be used is reported with its reason and the others
-still run; the exit status is non-zero only when no input could be used. `--output F.json`
-also writes F.csv, one row per input.
+`--workdir` is a training workdir or an exported model folder. Each file is prepared as the
+model's dataset build prepared its records (see prediction.py); a file that cannot be used
+is reported with its reason and the others still run; the exit status is non-zero only when
+no input could be used. `--output F.json` also writes F.csv, one row per input.
 """
 
-from __future__ import annotations
-
-import csv
-import dataclasses
-import functools
-import json
-import math
-import os
-import pathlib
-import textwrap
-import time
-
-import numpy as np
 from absl import flags
 
-from ecgclip_jax import checkpoint, cli, evaluate, parallel, probe
-from ecgclip_jax.data import readers, signal, sources
+from ecgclip_jax import cli, prediction
 from ecgclip_jax.data.leads import LEAD_NAMES
-from ecgclip_jax.data.skips import SkipRecord
-from ecgclip_jax.evaluators import zero_shot
-
-NPY = ".npy"
-WFDB_SUFFIXES = (".hea", ".dat", ".mat")
-CACHE_DIR = "predict_cache"
-SCORE = "cosine similarity between the ECG and the mean embedding of the label's prompts"
-
-
-@dataclasses.dataclass(frozen=True)
-class ArrayFormat:
-  """How to read `.npy` inputs, which carry no header."""
-
-  sample_rate: float | None = None
-  leads: tuple[str, ...] = LEAD_NAMES
-  units: str = "mV"
-
-  def __post_init__(self):
-    unknown = [name for name in self.leads if signal.canonical_lead_name(name) is None]
-    if unknown:
-      raise ValueError(f"--leads {unknown} are not among the 12 standard leads "
-                       f"({', '.join(LEAD_NAMES)})")
-    if self.sample_rate is not None and not self.sample_rate > 0:
-      raise ValueError(f"--sample_rate must be positive, got {self.sample_rate}")
-
-
-# ---------------------------------------------------------------------------- reading
-
-
-def _record_key(path: str) -> str:
-  """One key per recording: a WFDB record's .hea, .dat and .mat are the same record."""
-  stem, suffix = os.path.splitext(path)
-  return stem if suffix.casefold() in WFDB_SUFFIXES else path
-
-
-def find_inputs(paths: list[str]) -> list[str]:
-  """The recordings named by `paths`, each once, in order: a file as given (read or reported
-  as an error later); a folder's `.hea` records and `.npy` arrays, recursively, and its
-  `.mat` / `.dat` files that lack a `.hea` (reported as errors, not silently dropped)."""
-  found = []
-  for path in paths:
-    if not os.path.isdir(path):
-      found.append(path)
-      continue
-    for folder, _, names in sorted(os.walk(path)):
-      stems = {os.path.splitext(n)[0] for n in names if n.casefold().endswith(".hea")}
-      for name in sorted(names):
-        stem, suffix = os.path.splitext(name)
-        suffix = suffix.casefold()
-        if suffix in (".hea", NPY) or (suffix in WFDB_SUFFIXES and stem not in stems):
-          found.append(os.path.join(folder, name))
-  unique = {}
-  for path in found:
-    unique.setdefault(_record_key(os.path.abspath(path)), path)
-  return list(unique.values())
-
-
-def prepare_input(path: str, spec: signal.SignalSpec,
-                  arrays: ArrayFormat) -> signal.PreparedSignal:
-  """One file through its reader and the build's signal preparation; `SkipRecord` (with the
-  builds' reasons) says why a file cannot be used."""
-  is_array = pathlib.Path(path).suffix.casefold() == NPY
-  if is_array and not arrays.sample_rate:
-    raise SkipRecord("missing_metadata", f"{path}: a .npy input needs --sample_rate")
-  try:
-    raw = readers.read_signal(path, arrays.sample_rate, list(arrays.leads), arrays.units)
-  except SkipRecord as e:
-    if is_array and e.reason in ("header_data_mismatch", "unsupported_format"):
-      raise SkipRecord(e.reason, f"{e.detail}; a .npy input is [time, lead] or [lead, time] "
-                       f"with the {len(arrays.leads)} leads of --leads") from None
-    raise
-  return signal.prepare(raw.signal_mv, raw.fs, raw.lead_names, spec)
-
-
-def _read_all(paths: list[str], spec: signal.SignalSpec, arrays: ArrayFormat):
-  """Per input: its result entry, and its prepared signal or None."""
-  entries, prepared = [], []
-  for path in paths:
-    name = os.path.splitext(os.path.basename(path))[0] or path
-    entry = {"input": path, "record": name, "status": "ok", "error": None, "scores": {},
-             "nearest_reports": []}
-    try:
-      prepared.append(prepare_input(path, spec, arrays))
-    except Exception as e:  # pylint: disable=broad-except
-      # A reader's unforeseen failure costs this file, not the run; the reason on one line.
-      reason = str(e) if isinstance(e, SkipRecord) else (
-          f"unreadable_signal: {type(e).__name__}: {e}")
-      entry.update(status="error", error=" ".join(reason.split()))
-      prepared.append(None)
-    entries.append(entry)
-  return entries, prepared
-
-
-# ------------------------------------------------------------------------- report bank
-
-
-def report_bank(run: probe.Run, embedder: evaluate.Embedder, dataset, split: str,
-                cache_file: str, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """The distinct non-empty reports of `split`, how many records share each, and their unit
-  embeddings; cached in `cache_file` while checkpoint, dataset and split are unchanged."""
-  key = f"{run.identity}|{dataset.builder.info.full_name}|{split}"
-  if os.path.exists(cache_file):
-    with np.load(cache_file) as cached:
-      if str(cached["key"]) == key:
-        return cached["reports"], cached["counts"], cached["embeddings"]
-  start = time.time()
-  source = dataset.source(split)
-  texts = [source[i]["report"] for i in range(len(source))]
-  reports, counts = np.unique([t.decode() if isinstance(t, bytes) else str(t) for t in texts],
-                              return_counts=True)
-  reports, counts = reports[reports != ""], counts[reports != ""]
-  print(f"report bank: embedding the {len(reports)} distinct reports of the {len(source)} "
-        f"{split} records ...", flush=True)
-  embeddings = np.zeros((0, run.config.model.embed_dim), np.float32)
-  if len(reports):
-    embeddings = np.concatenate([
-        embedder.embed_texts(run.weights, list(reports[i:i + batch_size]))
-        for i in range(0, len(reports), batch_size)])
-  try:
-    os.makedirs(os.path.dirname(cache_file), exist_ok=True)
-    np.savez(cache_file, key=np.asarray(key), reports=reports, counts=counts,
-             embeddings=embeddings)
-    note = f"cached in {cache_file}"
-  except OSError as e:  # a read-only workdir: the bank is rebuilt next time
-    note = f"not cached: {e}"
-  print(f"report bank: done in {time.time() - start:.1f} s ({note})", flush=True)
-  return reports, counts, embeddings
-
-
-# ----------------------------------------------------------------------------- predict
-
-
-def predict(workdir: str, inputs: list[str], *, step: int | None = None,
-            arrays: ArrayFormat = ArrayFormat(), prompts: str = "", bank_split: str = "train",
-            top_k: int = 3) -> dict:
-  """Scores and nearest reports of every input; the result (JSON-ready) has one entry per
-  input under "records", each "ok" or "error" with its reason. The files are read before
-  the weights are restored, so a run with nothing usable stops early."""
-  paths = find_inputs(inputs)
-  if not paths:
-    raise ValueError(f"no ECG files found in {', '.join(inputs)}")
-  manager = checkpoint.make_manager(workdir, read_only=True)
-  step = checkpoint.resolve_step(manager, step)
-  config = checkpoint.restore_config(manager, step)
-  dataset = sources.open_dataset(config.data)
-  prompts = prompts or config.eval.prompts
-  label_prompts = zero_shot.load_prompts(prompts, dataset.label_names) if prompts else {}
-  entries, prepared = _read_all(paths, dataset.signal_spec, arrays)
-  ok = [i for i, p in enumerate(prepared) if p is not None]
-  result = {"workdir": os.path.abspath(workdir), "step": step,
-            "dataset": dataset.builder.info.full_name,
-            "signal_spec": dataclasses.asdict(dataset.signal_spec),
-            "normalization": config.data.normalization,
-            "prompts": prompts or None, "score": SCORE if prompts else None,
-            "report_bank": None, "inputs": len(paths), "ok": len(ok), "records": entries}
-  if not ok:
-    return result
-  dp = parallel.data_parallel_size(parallel.make_mesh(config.mesh))
-  # A few files need not fill an eval batch: the run's eval batch, cut to fit them.
-  bank_batch_size = config.eval.batch_size
-  config.eval.batch_size = min(bank_batch_size, dp * math.ceil(len(ok) / dp))
-  run = probe.load_run(workdir, step, "pretrained", config)
-  _, embedder = evaluate.make_embedder(run.config, run.trainer, run.mesh)
-  # The eval pass carries labels; new recordings have none.
-  records = [{"ecg": prepared[i].ecg, "lead_mask": prepared[i].lead_mask,
-              "labels": np.zeros(1, bool)} for i in ok]
-  ecg_emb = embedder.embed_split(run.weights, records, ("ecg_emb",))["ecg_emb"]
-  if label_prompts:
-    scores, _ = zero_shot.prompt_scores(ecg_emb, label_prompts, dataset.label_names,
-                                        functools.partial(embedder.embed_texts, run.weights))
-    for row, i in enumerate(ok):
-      entries[i]["scores"] = {name: round(float(s), 4)
-                              for name, s in zip(label_prompts, scores[row])}
-  if bank_split and top_k > 0:
-    cache = os.path.join(workdir, CACHE_DIR, f"bank-step{step}-{bank_split}.npz")
-    reports, counts, bank = report_bank(run, embedder, dataset, bank_split, cache,
-                                        bank_batch_size)
-    result["report_bank"] = {"split": bank_split, "distinct_reports": len(reports),
-                             "records": int(counts.sum())}
-    similarity = ecg_emb @ bank.T
-    nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :top_k]
-    for row, i in enumerate(ok):
-      entries[i]["nearest_reports"] = [
-          {"similarity": round(float(similarity[row, j]), 4), "report": str(reports[j]),
-           "records": int(counts[j])} for j in nearest[row]]
-  return result
-
-
-# ----------------------------------------------------------------------------- output
-
-
-def format_text(result: dict) -> str:
-  """Per input: status, scores highest first, nearest reports; then a one-line summary."""
-  lines = []
-  for entry in result["records"]:
-    if entry["status"] != "ok":
-      lines.append(f"[error] {entry['record']}  {entry['error']}")
-      continue
-    lines.append(f"[ok] {entry['record']}  {entry['input']}")
-    ranked = sorted(entry["scores"].items(), key=lambda kv: -kv[1])
-    if ranked:  # no-break spaces keep each label beside its score
-      pairs = "  ".join(f"{name}\xa0{s:.3f}" for name, s in ranked)
-      lines += [line.replace("\xa0", " ") for line in textwrap.wrap(
-          pairs, 96, initial_indent="  scores: ", subsequent_indent="    ")]
-    for near in entry["nearest_reports"]:
-      lines.append(f"  {near['similarity']:.3f}  {near['report']}"
-                   + (f"  ({near['records']} records)" if near["records"] > 1 else ""))
-  if result["score"]:
-    lines.append(f"scores: {result['score']} ({result['prompts']})")
-  if result["report_bank"]:
-    bank = result["report_bank"]
-    lines.append(f"nearest reports: cosine similarity, among the {bank['distinct_reports']} "
-                 f"distinct reports of {result['dataset']} {bank['split']}")
-  lines.append(f"{result['ok']} of {result['inputs']} inputs scored"
-               + (f"; {result['inputs'] - result['ok']} could not be used" if
-                  result["ok"] < result["inputs"] else ""))
-  return "\n".join(lines)
-
-
-def csv_rows(result: dict, top_k: int) -> tuple[list[str], list[dict]]:
-  """One row per input: status, a `score_<label>` column per label, `report_i` and
-  `similarity_i` for the i-th nearest report."""
-  labels = list(dict.fromkeys(name for e in result["records"] for name in e["scores"]))
-  header = ["input", "record", "status", "error", *(f"score_{name}" for name in labels)]
-  for k in range(1, top_k + 1):
-    header += [f"report_{k}", f"similarity_{k}"]
-  rows = []
-  for entry in result["records"]:
-    row = {key: entry[key] for key in ("input", "record", "status", "error")}
-    row.update({f"score_{name}": s for name, s in entry["scores"].items()})
-    for k, near in enumerate(entry["nearest_reports"], start=1):
-      row.update({f"report_{k}": near["report"], f"similarity_{k}": near["similarity"]})
-    rows.append(row)
-  return header, rows
-
-
-def write_outputs(result: dict, json_path: str, top_k: int) -> str:
-  """`json_path` and the CSV beside it; returns the CSV's path."""
-  os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-  with open(json_path, "w", encoding="utf-8") as f:
-    json.dump(result, f, indent=2, ensure_ascii=False)
-    f.write("\n")
-  csv_path = os.path.splitext(json_path)[0] + ".csv"
-  header, rows = csv_rows(result, top_k)
-  with open(csv_path, "w", newline="", encoding="utf-8") as f:
-    writer = csv.DictWriter(f, fieldnames=header, restval="")
-    writer.writeheader()
-    writer.writerows(rows)
-  return csv_path
-
-
-def predict_and_write(workdir: str, inputs: list[str], output: str = "", *,
-                      top_k: int = 3, **options) -> dict:
-  """`predict`, printed and (with `output`) written; a ValueError when no input could be
-  used, after the per-file reasons are printed and written."""
-  if output and not output.endswith(".json"):
-    raise ValueError(f"--output must name a .json file (the .csv goes beside it): {output}")
-  result = predict(workdir, inputs, top_k=top_k, **options)
-  print(format_text(result), flush=True)
-  if output:
-    print(f"wrote {output} and {write_outputs(result, output, top_k)}", flush=True)
-  if not result["ok"]:
-    raise ValueError(f"none of the {result['inputs']} inputs could be used (reasons above)")
-  return result
 
 
 def main():
-  workdir = flags.DEFINE_string("workdir", None, "Pre-training workdir holding checkpoints/.")
-  step = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  workdir, step = cli.define_model_flags()
   inputs = flags.DEFINE_multi_string(
       "input", None, "ECG file or folder (repeatable or comma-separated): WFDB .hea, "
       "CinC .mat, .npy; folders are searched recursively.")
@@ -326,9 +37,10 @@ def main():
 
   def job():
     paths = [p for value in inputs.value for p in value.split(",") if p]
-    predict_and_write(workdir.value, paths, output.value, step=step.value,
-                      arrays=ArrayFormat(sample_rate.value, tuple(leads.value), units.value),
-                      prompts=prompts.value, bank_split=bank_split.value, top_k=top_k.value)
+    arrays = prediction.ArrayFormat(sample_rate.value, tuple(leads.value), units.value)
+    prediction.predict_and_write(workdir.value, paths, output.value, step=step.value,
+                                 arrays=arrays, prompts=prompts.value,
+                                 bank_split=bank_split.value, top_k=top_k.value)
 
   cli.run(job)
 

@@ -10,9 +10,9 @@ import jax
 import ml_collections
 from etils import epath
 
-from ecgclip_jax import config_defaults, train_state
+from ecgclip_jax import config_defaults
 from ecgclip_jax.data import sources
-from ecgclip_jax.models import hf_import
+from ecgclip_jax.models import build, hf_import
 
 # Room for one more checkpoint beyond the state's raw size (metadata, the config, slack).
 DISK_MARGIN = 1.1
@@ -46,7 +46,7 @@ def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
     raise PreflightError(problems)  # the other checks read the config
   problems = [workdir_problem(workdir), sources.dataset_problem(config.data)]
   problems += hf_import.encoder_problems(
-      train_state.text_encoder_dir(config), need_weights=config.text.pretrained,
+      build.text_encoder_dir(config), need_weights=config.text.pretrained,
       max_length=config.text.max_length)
   if problems := [p for p in problems if p]:
     raise PreflightError(problems)

@@ -22,7 +22,7 @@ from flax import nnx
 
 from ecgclip_jax import train_state
 from ecgclip_jax.config_defaults import default_config
-from ecgclip_jax.models import resnet1d
+from ecgclip_jax.models import build, resnet1d
 
 MIB = 2**20
 HEADER = ("| arch | width | dtype | batch | samples | remat | temp MiB | ECG residuals MiB |\n"
@@ -54,7 +54,7 @@ def measure(config) -> tuple[int, int]:
            "input_ids": jax.ShapeDtypeStruct((b, length), jnp.int32),
            "attention_mask": jax.ShapeDtypeStruct((b, length), jnp.int32)}
   compiled = jax.jit(trainer.loss_and_grads).lower(trainer.abstract_state(), batch).compile()
-  tower = nnx.eval_shape(lambda: resnet1d.ResNet1D(train_state.ecg_encoder_config(config),
+  tower = nnx.eval_shape(lambda: resnet1d.ResNet1D(build.ecg_encoder_config(config),
                                                    rngs=nnx.Rngs(0)))
   graphdef, params, stats = nnx.split(tower, nnx.Param, nnx.BatchStat)
   saved = residual_bytes(train_forward(graphdef), nnx.to_pure_dict(params),

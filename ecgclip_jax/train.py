@@ -1,161 +1,13 @@
-"""Contrastive ECG–report pre-training.
+"""Contrastive ECG–report pre-training, then evaluation of the final weights.
 
     python -m ecgclip_jax.train --config configs/demo.py --workdir DIR [--config.total_steps=N]
 
-Builds the corpus when missing, resumes from the newest checkpoint in DIR/checkpoints (in
-any process layout), and ends with the evaluation job (see evaluate.py). Several processes
-join one run through --coordinator_address/--num_processes/--process_id, the JAX_* variables
-of launch/local.sh, or a detected Slurm job or TPU slice (parallel.initialize_distributed).
-On SIGTERM every process stops at one agreed step, saves it and exits 0 (preemption.py).
-
-A run killed at any moment (kill -9, a lost host) loses only the steps since its last
-committed checkpoint, and the rerun continues bit for bit as if it had never stopped: the
-state, RNG and data position all come from the checkpoint. A damaged newest checkpoint is
-reported and passed over for the one before (checkpoint.SealedCheckpoints); a NaN/Inf step
-is skipped or stops the run, per `nonfinite` in the config (nonfinite.py).
+Rerunning resumes from the newest intact checkpoint in DIR (see training.py). Several
+processes join one run through --coordinator_address/--num_processes/--process_id, the JAX_*
+variables of launch/local.sh, or a detected Slurm job or TPU slice.
 """
 
-from __future__ import annotations
-
-import time
-from typing import Any, Sequence
-
-import jax
-import ml_collections
-
-from ecgclip_jax import (checkpoint, cli, evaluate, nonfinite, parallel, preemption, preflight,
-                         train_state)
-from ecgclip_jax.data import pipeline, sources
-from ecgclip_jax.metrics_writer import MetricWriter
-from ecgclip_jax.models import hf_import
-
-
-def log(message: str) -> None:
-  if jax.process_index() == 0:
-    print(message, flush=True)
-
-
-def format_eta(seconds: float) -> str:
-  seconds = int(seconds)
-  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       train_source: Sequence[dict[str, Any]] | None = None
-                       ) -> train_state.TrainState:
-  """Trains to `config.total_steps` and evaluates. `train_source` replaces the configured
-  dataset's training split with any random-access sequence of data-contract records."""
-  # =====================================================================================
-  # Checks a user can act on, before any data is read or anything compiles.
-  # =====================================================================================
-  preflight.check_run(config, workdir)
-  encoder_dir = train_state.text_encoder_dir(config)
-  mesh = parallel.make_mesh(config.mesh)
-  per_process_batch = parallel.check_batch_size(config.batch_size, mesh)
-  trainer = train_state.Trainer(config, mesh)
-  shapes = trainer.abstract_state()
-  preflight.check_disk_space(workdir, shapes)
-  log(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
-      f"{jax.process_count()} process(es); global batch {config.batch_size}")
-
-  # =====================================================================================
-  # Model and state: resumed from the newest intact checkpoint, or fresh; sharded by the
-  # FSDP rule.
-  # =====================================================================================
-  replicated = parallel.replicated(mesh)
-  shardings = parallel.state_shardings(shapes, mesh, config.sharding.fsdp_min_size)
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          shapes, shardings)
-  checkpoints = checkpoint.SealedCheckpoints(workdir, keep=config.keep_checkpoints)
-  restored_step, state = checkpoints.restore_newest_intact(abstract, log)
-  if state is None:
-    state = jax.device_put(
-        trainer.init(jax.random.key(config.seed), load_pretrained_text=config.text.pretrained),
-        shardings)
-    log(f"initialized a new run in {workdir}")
-  else:
-    log(f"resumed from checkpoint step {restored_step} in {checkpoints.directory}")
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  num_trainable = sum(x.size for x in jax.tree.leaves(train_state.partition(
-      state.params, trainer.mask)[0]))
-  num_sharded = sum(x.size for x in jax.tree.leaves(state.params)
-                    if not x.sharding.is_fully_replicated)
-  log(f"parameters: {num_params:,} ({num_trainable:,} trainable, {num_sharded:,} sharded "
-      f"over fsdp)")
-
-  # =====================================================================================
-  # Data: this process's rows of every global batch, from the restored step on.
-  # =====================================================================================
-  dataset = sources.open_dataset(config.data)
-  tokenizer = hf_import.load_tokenizer(encoder_dir)
-  train_iter = pipeline.make_train_iterator(
-      dataset.source(config.data.train_split) if train_source is None else train_source,
-      tokenizer=tokenizer, max_text_length=config.text.max_length,
-      normalization=config.data.normalization, per_process_batch_size=per_process_batch,
-      seed=config.seed, process_index=jax.process_index(),
-      process_count=jax.process_count(), worker_count=config.data.worker_count,
-      start_step=int(state.step))
-
-  # =====================================================================================
-  # Training loop.
-  # =====================================================================================
-  step_fn = jax.jit(trainer.train_step, in_shardings=(shardings, parallel.batch_sharding(mesh)),
-                    out_shardings=(shardings, replicated), donate_argnums=0)
-  first_step = int(state.step)
-  writer = MetricWriter(workdir, first_step)
-  nonfinite_steps = nonfinite.NonFiniteSteps(config.nonfinite, workdir, first_step, log)
-  watch = preemption.PreemptionWatch()
-  window_start, window_steps = None, 0
-  preempted = False
-  try:
-    for step in range(first_step + 1, config.total_steps + 1):
-      local_batch = next(train_iter)
-      record_ids = local_batch.pop("record_id")
-      state, metrics = step_fn(state, parallel.global_batch(local_batch, mesh))
-      nonfinite_steps.watch(step, metrics, record_ids)
-      window_steps += 1
-      if window_start is None:  # the first step compiles; time from its end
-        jax.block_until_ready(metrics)
-        window_start, window_steps = time.time(), 0
-      if step % config.log_every_steps == 0 or step == config.total_steps:
-        nonfinite_steps.finish()
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()
-                   if k not in ("finite", "nonfinite_grads")}
-        metrics["nonfinite_steps"] = nonfinite_steps.skipped
-        elapsed = time.time() - window_start
-        if window_steps:
-          metrics["examples_per_second"] = window_steps * config.batch_size / elapsed
-        writer.write(step, metrics)
-        speed = "compiled"
-        if window_steps:
-          eta = format_eta((config.total_steps - step) * elapsed / window_steps)
-          speed = f"{metrics['examples_per_second']:.1f} ex/s  ETA {eta}"
-        log(f"step {step}/{config.total_steps}  loss {metrics['loss']:.4f}  "
-            f"logit_scale {metrics['logit_scale']:.2f}  lr {metrics['learning_rate']:.2e}  {speed}")
-        window_start, window_steps = time.time(), 0
-      preempted = watch.reached(step)
-      if preempted or step % config.checkpoint_every_steps == 0 or step == config.total_steps:
-        nonfinite_steps.finish()  # a stop policy ends the run before this step is saved
-        checkpoints.save(step, state, config)
-      if preempted:
-        log(f"preemption notice: saved step {step}; stopping (rerun the command to resume)")
-        break
-    nonfinite_steps.finish()
-  finally:  # also when the loop fails: a save in flight still lands
-    checkpoints.close()
-    watch.close()
-    writer.close()
-  if first_step >= config.total_steps:
-    log(f"training already complete at step {first_step}")
-
-  # =====================================================================================
-  # Evaluation of the final weights.
-  # =====================================================================================
-  if config.eval.at_end_of_training and not preempted:
-    evaluate.run_evaluation(config, workdir, int(state.step),
-                            evaluate.Embedder(trainer, mesh, tokenizer), dataset,
-                            (state.params, state.model_state))
-  return state
+from ecgclip_jax import cli, training
 
 
 def main():
@@ -164,7 +16,7 @@ def main():
 
   def job():
     join_run()
-    train_and_evaluate(config.value, workdir.value)
+    training.train_and_evaluate(config.value, workdir.value)
 
   cli.run(job)
 

@@ -1,15 +1,15 @@
-"""Model construction, optimizer, train state and the pure step functions.
+"""Optimizer, train state and the pure train step.
 
-The model lives as a static NNX graph definition plus plain nested dicts of arrays
-(parameters; BatchNorm statistics), so the state is an ordinary pytree that optax updates,
-`jax.jit` shards and Orbax saves without NNX-specific handling. Parameters, gradients and
-optimizer state are float32 whatever `model.dtype` (the towers' compute dtype) is.
+The model (models/build.py) lives as a static NNX graph definition plus plain nested dicts
+of arrays (parameters; BatchNorm statistics), so the state is an ordinary pytree that optax
+updates, `jax.jit` shards and Orbax saves without NNX-specific handling. Parameters,
+gradients and optimizer state are float32 whatever `model.dtype` (the towers' compute
+dtype) is.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import flax
 import jax
@@ -20,10 +20,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ecgclip_jax import losses, parallel
-from ecgclip_jax.models import bert as bert_lib
-from ecgclip_jax.models import clip, hf_import, resnet1d
-
-Params = dict[str, Any]
+from ecgclip_jax.models import build, clip
+from ecgclip_jax.models.build import Params
 
 
 @flax.struct.dataclass
@@ -33,37 +31,6 @@ class TrainState:
   model_state: Params  # BatchNorm running statistics
   opt_state: optax.OptState  # over the trainable parameters only
   rng: jax.Array  # raw uint32 key data (plain arrays checkpoint anywhere)
-
-
-def text_encoder_dir(config: ml_collections.ConfigDict) -> str:
-  return config.text.encoder_dir or hf_import.default_text_encoder_dir()
-
-
-def ecg_encoder_config(config: ml_collections.ConfigDict) -> resnet1d.ResNet1DConfig:
-  """The ECG tower's structure; downstream jobs rebuild the tower alone from it."""
-  return resnet1d.ResNet1DConfig(
-      arch=config.ecg.arch, width_multiplier=config.ecg.width_multiplier,
-      pooling=config.ecg.pooling, num_samples=config.data.num_samples, dtype=config.model.dtype,
-      norm=config.ecg.norm, remat=config.ecg.remat)
-
-
-def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> clip.ECGCLIP:
-  """The two-tower model with randomly initialized weights (structure from the config).
-  Only the sigmoid loss has a logit bias, so the softmax losses keep their parameter tree."""
-  ecg_config = ecg_encoder_config(config)
-  text_config = bert_lib.BertConfig.from_hf_dir(text_encoder_dir(config))
-  text_encoder = bert_lib.BertEncoder(text_config, dtype=config.model.dtype, rngs=rngs)
-  return clip.ECGCLIP(
-      ecg_config, text_encoder, embed_dim=config.model.embed_dim,
-      text_pooling=config.text.pooling, logit_scale_init=config.model.logit_scale_init,
-      learn_logit_scale=config.model.learn_logit_scale,
-      logit_bias_init=config.model.siglip_bias_init if config.model.loss == "siglip" else None,
-      rngs=rngs)
-
-
-def split_model(model: clip.ECGCLIP) -> tuple[nnx.GraphDef, Params, Params]:
-  graphdef, params, model_state = nnx.split(model, nnx.Param, nnx.BatchStat)
-  return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(model_state)
 
 
 # ---------------------------------------------------------------------------------------
@@ -150,21 +117,17 @@ class Trainer:
       raise ValueError(f"batch_size {config.batch_size} does not split into grad_accum_steps "
                        f"{config.grad_accum_steps} microbatches spread evenly over the "
                        f"data-parallel devices: it must be divisible by {rows}")
-    model = nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0)))
-    self.graphdef, abstract_params, _ = split_model(model)
-    self.num_text_layers = model.text_encoder.config.num_layers
-    self.mask = trainable_mask(abstract_params, config.text.trainable_top_layers,
-                               self.num_text_layers)
+    self.model_def = build.ModelDef(config)
+    self.num_text_layers = self.model_def.num_text_layers
+    self.mask = trainable_mask(self.model_def.abstract_weights[0],
+                               config.text.trainable_top_layers, self.num_text_layers)
     self.text_trains = any(
         m for path, m in jax.tree_util.tree_leaves_with_path(self.mask)
         if _path_str(path).startswith("text_encoder/"))
     self.tx = make_optimizer(config)
 
   def init(self, rng: jax.Array, load_pretrained_text: bool) -> TrainState:
-    model = build_model(self.config, nnx.Rngs(rng))
-    if load_pretrained_text:
-      hf_import.load_bert_weights(model.text_encoder, text_encoder_dir(self.config))
-    _, params, model_state = split_model(model)
+    params, model_state = self.model_def.init(rng, load_pretrained_text)
     trainable, _ = partition(params, self.mask)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                       opt_state=self.tx.init(trainable),
@@ -182,7 +145,7 @@ class Trainer:
   # -------------------------------------------------------------------------------------
 
   def model(self, params: Params, model_state: Params) -> clip.ECGCLIP:
-    return nnx.merge(self.graphdef, params, model_state)
+    return self.model_def.model(params, model_state)
 
   def _embed(self, trainable: Params, frozen: Params, model_state: Params,
              batch: dict[str, jax.Array], dropout_key: jax.Array):
@@ -295,15 +258,3 @@ class Trainer:
     if model.bias() is not None:
       metrics["logit_bias"] = model.bias()
     return new_state, metrics
-
-  def embed_ecg(self, params: Params, model_state: Params, ecg: jax.Array) -> jax.Array:
-    return self.model(params, model_state).encode_ecg(ecg, train=False)
-
-  def ecg_features(self, params: Params, model_state: Params, ecg: jax.Array) -> jax.Array:
-    """The ECG tower's pooled features before the projection: what linear probes read."""
-    return self.model(params, model_state).ecg_encoder(ecg, train=False)
-
-  def embed_text(self, params: Params, model_state: Params, input_ids: jax.Array,
-                 attention_mask: jax.Array) -> jax.Array:
-    return self.model(params, model_state).encode_text(input_ids, attention_mask)
-

@@ -8,6 +8,8 @@ import shutil
 import jax
 import pytest
 
+from train_runs import make_tiny_config
+
 jax.config.update("jax_num_cpu_devices", 8)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,25 +44,7 @@ def tfds_data_dir(tmp_path_factory):
 
 @pytest.fixture
 def tiny_config(tiny_text_encoder_dir, tfds_data_dir):
-  from ecgclip_jax.config_defaults import default_config
-  c = default_config()
-  c.data.data_dir = tfds_data_dir
-  c.data.builder_config = "100hz"
-  c.data.num_patients = 40
-  c.data.num_samples = 1000
-  c.text.encoder_dir = tiny_text_encoder_dir
-  c.text.pretrained = False
-  c.text.max_length = 24
-  c.text.trainable_top_layers = 1
-  c.ecg.width_multiplier = 0.125
-  c.model.embed_dim = 16
-  c.batch_size = 16
-  c.total_steps = 4
-  c.optim.warmup_steps = 1
-  c.log_every_steps = 1
-  c.checkpoint_every_steps = 2
-  c.eval.batch_size = 16
-  return c
+  return make_tiny_config(tiny_text_encoder_dir, tfds_data_dir)
 
 
 @pytest.fixture(scope="module")

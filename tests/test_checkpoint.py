@@ -3,13 +3,13 @@
 import jax
 import numpy as np
 
-from ecgclip_jax import checkpoint, parallel, train, train_state
+from ecgclip_jax import checkpoint, parallel, train_state, training
 
 
 def test_checkpoint_round_trip_restores_state_and_config(tiny_config, tmp_path):
   tiny_config.eval.at_end_of_training = False
   tiny_config.total_steps = 2
-  state = train.train_and_evaluate(tiny_config, str(tmp_path))
+  state = training.train_and_evaluate(tiny_config, str(tmp_path))
 
   mesh = parallel.make_mesh(tiny_config.mesh)
   abstract = train_state.Trainer(tiny_config).abstract_state(parallel.replicated(mesh))

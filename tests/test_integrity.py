@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ecgclip_jax import checkpoint, integrity, train
+from ecgclip_jax import checkpoint, integrity, training
 from ecgclip_jax.config_defaults import default_config
 
 
@@ -168,10 +168,10 @@ def test_training_resumes_from_the_step_before_a_damaged_one(tiny_config, tmp_pa
   """End to end: the rerun reports the damaged step 4, resumes from 2 and reaches the same
   step-4 state as the first run."""
   tiny_config.eval.at_end_of_training = False
-  first = train.train_and_evaluate(tiny_config, str(tmp_path))
+  first = training.train_and_evaluate(tiny_config, str(tmp_path))
   truncate_array_file(tmp_path / "checkpoints" / "4")
   capsys.readouterr()
-  again = train.train_and_evaluate(tiny_config, str(tmp_path))
+  again = training.train_and_evaluate(tiny_config, str(tmp_path))
   out = capsys.readouterr().out
   assert "checkpoint step 4 is unusable: state/" in out
   assert "resumed from checkpoint step 2" in out

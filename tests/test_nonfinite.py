@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from ecgclip_jax import checkpoint, nonfinite, parallel, train, train_state
+from ecgclip_jax import checkpoint, nonfinite, parallel, train_state, training
 from ecgclip_jax.data import pipeline, sources
 from ecgclip_jax.models import hf_import
 
@@ -60,7 +60,7 @@ def test_skip_policy_skips_counts_and_records_the_batch(tiny_config, tmp_path, c
   the 4 steps are skipped; the others train and every checkpoint is finite."""
   tiny_config.eval.at_end_of_training = False
   records = contract_records(tiny_config)
-  state = train.train_and_evaluate(tiny_config, str(tmp_path), train_source=records)
+  state = training.train_and_evaluate(tiny_config, str(tmp_path), train_source=records)
   assert int(state.step) == 4
   assert bool(jax.jit(train_state.all_finite)(state))
   skipped = [json.loads(line) for line in open(tmp_path / "nonfinite_batches.jsonl")]
@@ -83,7 +83,7 @@ def test_stop_policy_stops_before_saving_anything_after_the_bad_step(tiny_config
   records = contract_records(tiny_config)
   with pytest.raises(nonfinite.NonFiniteStepError, match=r"step (\d): loss \S+, [\d,]+ non-finite "
                      r"gradient values; .* Stopped \(nonfinite.policy='stop'\)") as error:
-    train.train_and_evaluate(tiny_config, str(tmp_path), train_source=records)
+    training.train_and_evaluate(tiny_config, str(tmp_path), train_source=records)
   bad_step = int(error.value.args[0].split(":")[0].split()[1])
   saved = checkpoint.make_manager(str(tmp_path), read_only=True).all_steps()
   assert saved == list(range(1, bad_step))
@@ -96,5 +96,5 @@ def test_too_many_non_finite_steps_in_a_row_stop_a_skipping_run(tiny_config, tmp
   tiny_config.nonfinite.max_consecutive = 2
   records = contract_records(tiny_config, poisoned=range(32))
   with pytest.raises(nonfinite.NonFiniteStepError, match="after 2 non-finite steps in a row"):
-    train.train_and_evaluate(tiny_config, str(tmp_path), train_source=records)
+    training.train_and_evaluate(tiny_config, str(tmp_path), train_source=records)
   assert checkpoint.make_manager(str(tmp_path), read_only=True).all_steps() == []

@@ -45,14 +45,14 @@ def test_fsdp_rule_shards_large_arrays_on_their_largest_divisible_dimension():
 
 def test_data_parallel_and_fsdp_meshes_train_to_the_same_parameters(tiny_config, tmp_path):
   """The same steps under {data: 8} and {data: 2, fsdp: 4}: a config change only."""
-  from ecgclip_jax import train
+  from ecgclip_jax import training
   tiny_config.eval.at_end_of_training = False
   tiny_config.total_steps = 3
   tiny_config.checkpoint_every_steps = 3
-  data_parallel = train.train_and_evaluate(tiny_config, str(tmp_path / "dp"))
+  data_parallel = training.train_and_evaluate(tiny_config, str(tmp_path / "dp"))
   tiny_config.mesh.data, tiny_config.mesh.fsdp = 2, 4
   tiny_config.sharding.fsdp_min_size = 256
-  fsdp = train.train_and_evaluate(tiny_config, str(tmp_path / "fsdp"))
+  fsdp = training.train_and_evaluate(tiny_config, str(tmp_path / "fsdp"))
 
   sharded = [x for x in jax.tree.leaves(fsdp.params) if not x.sharding.is_fully_replicated]
   # Kernels and embeddings are split; what stays whole (norms, biases) is a small share.

@@ -2,14 +2,13 @@
 reported one by one while the rest still run; JSON and CSV that agree."""
 
 import csv
-import functools
 import json
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ecgclip_jax import evaluate, predict, probe, train
+from ecgclip_jax import api, evaluation, prediction, training
 from ecgclip_jax.data import pipeline, sources, synthetic
 from ecgclip_jax.data.leads import LEAD_NAMES
 from ecgclip_jax.data.signal import SignalSpec
@@ -60,7 +59,7 @@ def test_find_inputs_walks_folders_once_per_recording(tmp_path):
                "notes.txt", "sub/labels.csv"):
     (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / name).write_text("")
-  found = predict.find_inputs([str(tmp_path), str(tmp_path / "a.dat"), "missing.npy"])
+  found = prediction.find_inputs([str(tmp_path), str(tmp_path / "a.dat"), "missing.npy"])
   assert found == [str(tmp_path / n) for n in ("a.hea", "c.npy", "e.dat", "sub/b.hea",
                                                "sub/deeper/d.mat")] + ["missing.npy"]
 
@@ -82,12 +81,12 @@ def test_each_format_is_prepared_exactly_as_a_build_prepares_it(tmp_path):
   built = tfds.builder_from_directory(builder.data_dir)  # as a later job opens it
   spec = sources.Dataset(built).signal_spec
   assert spec == SPEC
-  arrays = predict.ArrayFormat(sample_rate=500, units="uV")
+  arrays = prediction.ArrayFormat(sample_rate=500, units="uV")
   transform = pipeline.RecordTransform(None, 0, "zscore")
   records = {r["record_id"].decode().split("/")[-1]: r for r in built.as_data_source("train")}
   assert set(records) == set(paths)
   for name, path in paths.items():
-    prepared = predict.prepare_input(str(path), spec, arrays)
+    prepared = prediction.prepare_input(str(path), spec, arrays)
     np.testing.assert_array_equal(prepared.ecg, records[name]["ecg"])
     np.testing.assert_array_equal(prepared.lead_mask, records[name]["lead_mask"])
     mine = {"ecg": prepared.ecg, "lead_mask": prepared.lead_mask, "labels": np.zeros(1)}
@@ -97,25 +96,25 @@ def test_each_format_is_prepared_exactly_as_a_build_prepares_it(tmp_path):
 
 def test_bad_files_fail_with_their_reason(tmp_path):
   expected = _write_bad(tmp_path)
-  arrays = predict.ArrayFormat(sample_rate=500)
+  arrays = prediction.ArrayFormat(sample_rate=500)
   for name, reason in expected.items():
-    path = next(p for p in predict.find_inputs([str(tmp_path)]) if f"/{name}." in p)
+    path = next(p for p in prediction.find_inputs([str(tmp_path)]) if f"/{name}." in p)
     with pytest.raises(SkipRecord) as error:
-      predict.prepare_input(path, SPEC, arrays)
+      prediction.prepare_input(path, SPEC, arrays)
     assert error.value.reason == reason, (name, str(error.value))
   with pytest.raises(SkipRecord, match=r"\[time, lead\] or \[lead, time\] with the 12 leads"):
-    predict.prepare_input(str(tmp_path / "wrong_shape.npy"), SPEC, arrays)
+    prediction.prepare_input(str(tmp_path / "wrong_shape.npy"), SPEC, arrays)
   with pytest.raises(SkipRecord, match="needs --sample_rate"):
-    predict.prepare_input(str(tmp_path / "garbage.npy"), SPEC, predict.ArrayFormat())
+    prediction.prepare_input(str(tmp_path / "garbage.npy"), SPEC, prediction.ArrayFormat())
   with pytest.raises(ValueError, match=r"--leads \['V7'\] are not among the 12 standard"):
-    predict.ArrayFormat(sample_rate=500, leads=("I", "V7"))
+    prediction.ArrayFormat(sample_rate=500, leads=("I", "V7"))
 
 
 def test_predict_a_folder_of_every_format_with_bad_files(tiny_config, tmp_path, capsys):
   tiny_config.eval.at_end_of_training = False
   tiny_config.total_steps = 2
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(tiny_config, workdir)
+  training.train_and_evaluate(tiny_config, workdir)
   inputs = tmp_path / "inputs"
   paths = _write_good(inputs)
   paths["rec_npy"].unlink()  # its place: a test record of the checkpoint's own dataset
@@ -124,8 +123,8 @@ def test_predict_a_folder_of_every_format_with_bad_files(tiny_config, tmp_path, 
   bad = _write_bad(inputs / "bad")
 
   out = tmp_path / "out" / "predictions.json"
-  result = predict.predict_and_write(workdir, [str(inputs)], str(out), top_k=2,
-                                     arrays=predict.ArrayFormat(sample_rate=100))
+  result = prediction.predict_and_write(workdir, [str(inputs)], str(out), top_k=2,
+                                     arrays=prediction.ArrayFormat(sample_rate=100))
   by_name = {e["record"]: e for e in result["records"]}
   assert set(by_name) == {"rec_wfdb", "rec_mat", "test0", *bad}
   assert result["ok"] == 3 and result["inputs"] == 8
@@ -145,12 +144,10 @@ def test_predict_a_folder_of_every_format_with_bad_files(tiny_config, tmp_path, 
   assert "report bank: embedding" in printed and "3 of 8 inputs scored" in printed
 
   # The dataset's own record scores as the evaluation pass scores it.
-  run = probe.load_run(workdir, None, "pretrained", None)
-  _, embedder = evaluate.make_embedder(run.config, run.trainer, run.mesh)
-  ecg_emb = embedder.embed_split(run.weights, test_split, ("ecg_emb",))["ecg_emb"][:1]
+  model = api.load(workdir)
   dataset = sources.open_dataset(tiny_config.data)
-  scores, _ = zero_shot.prompt_scores(ecg_emb, prompts, dataset.label_names,
-                                      functools.partial(embedder.embed_texts, run.weights))
+  ecg_emb = evaluation.embed_split(model, dataset, "test")["ecg_emb"][:1]
+  scores, _ = zero_shot.prompt_scores(ecg_emb, prompts, dataset.label_names, model.embed_text)
   np.testing.assert_allclose(list(by_name["test0"]["scores"].values()), scores[0], atol=2e-4)
 
   # JSON and CSV agree.
@@ -165,13 +162,15 @@ def test_predict_a_folder_of_every_format_with_bad_files(tiny_config, tmp_path, 
       assert (row[f"report_{k}"], float(row[f"similarity_{k}"])) == (near["report"],
                                                                      near["similarity"])
 
-  # The bank is cached in the workdir: no embedder needed the second time.
-  cache = tmp_path / "run" / predict.CACHE_DIR / "bank-step2-train.npz"
-  reports, counts, _ = predict.report_bank(run, None, dataset, "train", str(cache), 16)
+  # The bank is cached in the workdir: not embedded the second time.
+  cache = tmp_path / "run" / prediction.CACHE_DIR / "bank-step2-train.npz"
+  capsys.readouterr()
+  reports, counts, _ = prediction.report_bank(model, dataset, "train", str(cache))
+  assert "report bank: embedding" not in capsys.readouterr().out
   assert set(reports) == train_reports - {""} and counts.sum() == len(dataset.source("train"))
 
   # With nothing readable the outputs still say why, and it fails.
   with pytest.raises(ValueError, match="none of the 5 inputs could be used"):
-    predict.predict_and_write(workdir, [str(inputs / "bad")], str(out),
-                              arrays=predict.ArrayFormat(sample_rate=100))
+    prediction.predict_and_write(workdir, [str(inputs / "bad")], str(out),
+                              arrays=prediction.ArrayFormat(sample_rate=100))
   assert json.loads(out.read_text())["ok"] == 0

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from ecgclip_jax import preflight, train
+from ecgclip_jax import preflight, training
 from ecgclip_jax.config_defaults import config_problems, default_config
 from ecgclip_jax.models import hf_import
 from conftest import ROOT
@@ -44,6 +44,25 @@ def test_values_out_of_range(key, value, message):
   assert any(p.startswith(message) for p in config_problems(c))
 
 
+def test_every_choice_is_checked_together_against_its_owning_module():
+  """Each bad choice is one line naming the allowed values, which come from the module that
+  uses them (a new pooling or norm there is accepted here without a second list)."""
+  from ecgclip_jax.data import normalize
+  from ecgclip_jax.models import bert, resnet1d
+  c = default_config()
+  c.ecg.arch, c.ecg.pooling, c.ecg.norm = "resnet50", "max", "layer"
+  c.text.pooling, c.data.normalization = "last", "robust"
+  problems = config_problems(c)
+  assert problems == [
+      f"data.normalization='robust'; choose one of {normalize.NORMALIZATION_METHODS}",
+      f"text.pooling='last'; choose one of {bert.POOLING_METHODS}",
+      f"ecg.arch='resnet50'; choose one of {tuple(resnet1d.STAGE_DEPTHS)}",
+      f"ecg.pooling='max'; choose one of {resnet1d.POOLINGS}",
+      f"ecg.norm='layer'; choose one of {resnet1d.NORMS}",
+  ]
+  assert "eval_split" not in default_config().data  # a dead key, gone
+
+
 def mutate_all(c, tmp_path):
   """Four independent problems in one config."""
   blocker = tmp_path / "file"
@@ -57,7 +76,7 @@ def mutate_all(c, tmp_path):
 def test_every_problem_of_a_run_is_reported_together_before_any_work(tiny_config, tmp_path):
   workdir = mutate_all(tiny_config, tmp_path)
   with pytest.raises(preflight.PreflightError) as error:
-    train.train_and_evaluate(tiny_config, workdir)
+    training.train_and_evaluate(tiny_config, workdir)
   problems = error.value.problems
   assert len(problems) == 3, problems
   assert problems[0].startswith(f"workdir {workdir!r} is not writable")
@@ -81,7 +100,7 @@ def test_every_problem_of_a_run_is_reported_together_before_any_work(tiny_config
 def test_each_run_problem_stops_the_run_before_any_work(tiny_config, tmp_path, mutate, message):
   mutate(tiny_config, tmp_path)
   with pytest.raises(ValueError, match=message):
-    train.train_and_evaluate(tiny_config, str(tmp_path / "run"))
+    training.train_and_evaluate(tiny_config, str(tmp_path / "run"))
   assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -126,7 +145,7 @@ def test_a_training_log_shows_no_report_text_and_no_patient_id(tiny_config, tmp_
   """What a run prints, from start to the final evaluation, names no patient and quotes no
   report (the tiny corpus's ids and reports are searched for in the output)."""
   from ecgclip_jax.data import sources
-  train.train_and_evaluate(tiny_config, str(tmp_path))
+  training.train_and_evaluate(tiny_config, str(tmp_path))
   out = "".join(capfd.readouterr())
   dataset = sources.open_dataset(tiny_config.data)
   for split in ("train", "test"):
@@ -134,3 +153,16 @@ def test_a_training_log_shows_no_report_text_and_no_patient_id(tiny_config, tmp_
       assert record["patient_id"].decode() not in out
       assert record["report"].decode()[:40] not in out
   assert json.loads(open(tmp_path / "eval" / "4" / "metrics.json").read())["step"] == 4
+
+
+def test_a_stored_config_is_laid_over_todays_defaults():
+  """A checkpoint written before a key was added or removed still restores and validates."""
+  from ecgclip_jax.config_defaults import from_stored, validate_config
+  stored = default_config().to_dict()
+  stored["data"]["eval_split"] = "test"  # removed since
+  del stored["nonfinite"]  # added since
+  stored["data"]["num_samples"] = 500
+  config = from_stored(stored)
+  validate_config(config)
+  assert config.data.num_samples == 500 and "eval_split" not in config.data
+  assert config.nonfinite.to_dict() == default_config().nonfinite.to_dict()

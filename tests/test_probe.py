@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ecgclip_jax import compare, probe, train
+from ecgclip_jax import training
 from ecgclip_jax.data import sources
-from ecgclip_jax.evaluators import finetune, results, tasks
+from ecgclip_jax.evaluators import downstream, finetune, results, tasks
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PROMPTS = "configs/prompts/synthetic_ecg_reports.json"
@@ -25,15 +25,15 @@ def _rows(out_dir):
 def test_pretrained_and_random_init_runs_side_by_side(tiny_config, tmp_path, capsys):
   tiny_config.eval.at_end_of_training = False
   tiny_config.total_steps = 2
-  train.train_and_evaluate(tiny_config, str(tmp_path / "run"))
+  training.train_and_evaluate(tiny_config, str(tmp_path / "run"))
   task_set = dataclasses.replace(tasks.resolve_task_set("synthetic"),
                                  num_patients=tiny_config.data.num_patients)
   tiny_finetune = finetune.FinetuneConfig(max_epochs=1, batch_size=16, eval_batch_size=16)
 
-  pretrained = probe.load_run(str(tmp_path / "run"), None, "pretrained", None)
+  pretrained = downstream.load_run(str(tmp_path / "run"), None, "pretrained", None)
   assert pretrained.pretrained and "step 2" in pretrained.name
   out = tmp_path / "pretrained"
-  probe.run_probe(pretrained, task_set, str(out),
+  downstream.run_probe(pretrained, task_set, str(out),
                   methods=["zero_shot", "linear_probe", "finetune"], label_fractions=[0.5, 1.0],
                   seeds=2, n_bootstrap=50, prompts=PROMPTS,
                   data_dir=tiny_config.data.data_dir, finetune_config=tiny_finetune)
@@ -64,23 +64,23 @@ def test_pretrained_and_random_init_runs_side_by_side(tiny_config, tmp_path, cap
 
   # A second run reuses the cached features instead of embedding again.
   capsys.readouterr()
-  probe.run_probe(pretrained, task_set, str(tmp_path / "again"), methods=["linear_probe"],
+  downstream.run_probe(pretrained, task_set, str(tmp_path / "again"), methods=["linear_probe"],
                   label_fractions=[1.0], seeds=1, n_bootstrap=0, prompts="",
                   data_dir=tiny_config.data.data_dir)
   assert "embedded" in capsys.readouterr().out  # another out dir: its own cache
-  probe.run_probe(pretrained, task_set, str(tmp_path / "again"), methods=["linear_probe"],
+  downstream.run_probe(pretrained, task_set, str(tmp_path / "again"), methods=["linear_probe"],
                   label_fractions=[1.0], seeds=1, n_bootstrap=0, prompts="",
                   data_dir=tiny_config.data.data_dir)
   assert "embedded" not in capsys.readouterr().out
 
-  random_run = probe.load_run(None, None, "random", tiny_config)
+  random_run = downstream.load_run(None, None, "random", tiny_config)
   assert not random_run.pretrained
-  probe.run_probe(random_run, task_set, str(tmp_path / "random"),
+  downstream.run_probe(random_run, task_set, str(tmp_path / "random"),
                   methods=["linear_probe", "zero_shot"], label_fractions=[1.0], seeds=1,
                   n_bootstrap=20, prompts=PROMPTS, data_dir=tiny_config.data.data_dir)
   assert {r["method"] for r in _rows(tmp_path / "random")} == {"linear_probe"}  # no zero-shot
 
-  table = compare.comparison([str(out), str(tmp_path / "random")])
+  table = results.comparison([str(out), str(tmp_path / "random")])
   assert pretrained.name in table and random_run.name in table
   assert "finetune" in table and "linear_probe" in table
 
@@ -94,8 +94,8 @@ def test_a_task_file_joins_outcomes_to_the_dataset_by_record_id(tiny_config, tmp
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=str(REPO / "tfds_builders" / "ecg_manifest" / "example")))
   task_set = tasks.resolve_task_set("hospital_example")
-  run = probe.load_run(None, None, "random", tiny_config)
-  probe.run_probe(run, task_set, str(tmp_path / "out"), methods=["linear_probe"],
+  run = downstream.load_run(None, None, "random", tiny_config)
+  downstream.run_probe(run, task_set, str(tmp_path / "out"), methods=["linear_probe"],
                   label_fractions=[1.0], seeds=1, n_bootstrap=20, prompts="",
                   data_dir=str(tmp_path / "tfds"))
   rows = _rows(tmp_path / "out")

@@ -9,13 +9,13 @@ import jax
 import numpy as np
 import pytest
 
-from ecgclip_jax import checkpoint, train
+from ecgclip_jax import checkpoint, training
 from ecgclip_jax.config_defaults import default_config, validate_config
 
 
 def test_train_writes_checkpoints_metrics_and_eval(tiny_config, tmp_path, capsys):
   workdir = str(tmp_path / "run")
-  state = train.train_and_evaluate(tiny_config, workdir)
+  state = training.train_and_evaluate(tiny_config, workdir)
   assert int(state.step) == 4
   manager = checkpoint.make_manager(workdir, read_only=True)
   assert manager.all_steps() == [2, 4]
@@ -36,11 +36,11 @@ def test_resume_from_a_checkpoint_continues_exactly(tiny_config, tmp_path):
   parameters, BatchNorm statistics, optimizer state and data-iterator position all restored."""
   tiny_config.eval.at_end_of_training = False
   straight_dir = tmp_path / "straight"
-  straight = train.train_and_evaluate(tiny_config, str(straight_dir))
+  straight = training.train_and_evaluate(tiny_config, str(straight_dir))
 
   resumed_dir = tmp_path / "resumed"
   shutil.copytree(straight_dir / "checkpoints" / "2", resumed_dir / "checkpoints" / "2")
-  resumed = train.train_and_evaluate(tiny_config, str(resumed_dir))
+  resumed = training.train_and_evaluate(tiny_config, str(resumed_dir))
   assert int(resumed.step) == 4
   lines = [json.loads(l) for l in open(resumed_dir / "metrics.jsonl")]
   assert [l["step"] for l in lines] == [3, 4]  # it did not start over
@@ -53,9 +53,9 @@ def test_resume_from_a_checkpoint_continues_exactly(tiny_config, tmp_path):
 
 def test_rerun_of_a_finished_run_does_not_train_again(tiny_config, tmp_path, capsys):
   tiny_config.eval.at_end_of_training = False
-  train.train_and_evaluate(tiny_config, str(tmp_path))
+  training.train_and_evaluate(tiny_config, str(tmp_path))
   capsys.readouterr()
-  state = train.train_and_evaluate(tiny_config, str(tmp_path))
+  state = training.train_and_evaluate(tiny_config, str(tmp_path))
   assert int(state.step) == 4
   out = capsys.readouterr().out
   assert "resumed from checkpoint step 4" in out and "training already complete" in out

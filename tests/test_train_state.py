@@ -229,8 +229,8 @@ def test_siglip_trains_a_logit_bias_that_softmax_configs_lack(small):
   def run(state, batch):
     loss, grads, _ = trainer.loss_and_grads(state, batch)
     # Train- and eval-mode embeddings agree here (GroupNorm, no dropout).
-    ecg = trainer.embed_ecg(state.params, state.model_state, batch["ecg"])
-    text = trainer.embed_text(state.params, state.model_state, batch["input_ids"],
+    ecg = trainer.model_def.embed_ecg(state.params, state.model_state, batch["ecg"])
+    text = trainer.model_def.embed_text(state.params, state.model_state, batch["input_ids"],
                               batch["attention_mask"])
     return loss, grads["logit_bias"], ecg, text
 

@@ -26,3 +26,25 @@ def restored_state(workdir, step):
   return checkpoint.restore(manager, step, trainer.abstract_state(parallel.replicated(mesh)))
 
 
+def make_tiny_config(text_encoder_dir, data_dir):
+  """A run small enough to train in seconds: 40 synthetic patients at 100 Hz, a 2-layer
+  32-wide text tower, ResNet-18 at 1/8 width, 16-d embeddings, 4 steps of batch 16."""
+  from ecgclip_jax.config_defaults import default_config
+  c = default_config()
+  c.data.data_dir = data_dir
+  c.data.builder_config = "100hz"
+  c.data.num_patients = 40
+  c.data.num_samples = 1000
+  c.text.encoder_dir = text_encoder_dir
+  c.text.pretrained = False
+  c.text.max_length = 24
+  c.text.trainable_top_layers = 1
+  c.ecg.width_multiplier = 0.125
+  c.model.embed_dim = 16
+  c.batch_size = 16
+  c.total_steps = 4
+  c.optim.warmup_steps = 1
+  c.log_every_steps = 1
+  c.checkpoint_every_steps = 2
+  c.eval.batch_size = 16
+  return c

@@ -1,5 +1,6 @@
-"""What every ECG dataset builder shares: the data contract's features, the build loop that
-skips bad records with a reason, the build report, and Apache Beam when asked for.
+"""What every ECG dataset builder shares: the build loop that writes the data contract
+(`ecgclip_jax.data.contract`; see docs/architecture.md) and skips bad records with a reason,
+the build report, and Apache Beam when asked for.
 
 A builder subclasses `EcgBuilder` and says only what is particular to its corpus:
   * `label_sets()`: feature name -> label names (`labels` is the dataset's own vocabulary;
@@ -23,23 +24,19 @@ import functools
 import hashlib
 import itertools
 import json
-import re
 from typing import Callable, Iterable
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from ecgclip_jax.data import contract
 from ecgclip_jax.data import signal as signal_lib
 from ecgclip_jax.data import skips
-from ecgclip_jax.data.leads import LEAD_NAMES, NUM_LEADS
 from ecgclip_jax.data.readers import RawSignal
 from ecgclip_jax.data.skips import CorpusError, SkipRecord
 
-SPLITS = ("train", "validation", "test")
 INDEX_SECTION = "index"  # report section for records dropped before their split is read
-UNKNOWN = -1  # age / sex not recorded; sex is 0 female, 1 male
-SURROGATE = re.compile("[\ud800-\udfff]")  # undecodable bytes read with surrogateescape
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
@@ -72,8 +69,8 @@ class RawRecord:
   signal: RawSignal
   report: str | bytes = ""
   labels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # per label set
-  age: int = UNKNOWN
-  sex: int = UNKNOWN
+  age: int = contract.UNKNOWN
+  sex: int = contract.UNKNOWN
 
 
 def hash_split(patient_id: str, salt: str,
@@ -84,7 +81,8 @@ def hash_split(patient_id: str, salt: str,
   u = int.from_bytes(digest[:8], "big") / 2**64
   edges = np.cumsum(fractions) / np.sum(fractions)
   # min(): u can round to 1.0, and the last edge can round to just below it.
-  return SPLITS[min(int(np.searchsorted(edges, u, side="right")), len(SPLITS) - 1)]
+  splits = contract.SPLITS
+  return splits[min(int(np.searchsorted(edges, u, side="right")), len(splits) - 1)]
 
 
 def multi_hot(names: Iterable[str], vocabulary: list[str]) -> np.ndarray:
@@ -96,46 +94,10 @@ def multi_hot(names: Iterable[str], vocabulary: list[str]) -> np.ndarray:
   return out
 
 
-def contract_features(num_samples: int,
-                      label_sets: dict[str, list[str]]) -> tfds.features.FeaturesDict:
-  """The data contract (see DESIGN.md) as TFDS features."""
-  return tfds.features.FeaturesDict({
-      "ecg": tfds.features.Tensor(shape=(num_samples, NUM_LEADS), dtype=np.int16),
-      "lead_mask": tfds.features.Tensor(shape=(NUM_LEADS,), dtype=np.bool_),
-      "report": tfds.features.Text(),
-      **{name: tfds.features.Tensor(shape=(len(names),), dtype=np.bool_)
-         for name, names in label_sets.items()},
-      "patient_id": tfds.features.Text(),
-      "record_id": tfds.features.Text(),
-      "age": tfds.features.Tensor(shape=(), dtype=np.int32),
-      "sex": tfds.features.Tensor(shape=(), dtype=np.int32),
-  })
-
-
-def contract_metadata(sample_rate: int, label_sets: dict[str, list[str]],
-                      **extra) -> tfds.core.MetadataDict:
-  return tfds.core.MetadataDict(
-      label_names=list(label_sets["labels"]),
-      label_sets={name: list(names) for name, names in label_sets.items()},
-      lead_names=list(LEAD_NAMES), sample_rate=sample_rate, ecg_units="microvolt", **extra)
-
-
-def clean_report(report: str | bytes) -> str:
-  """Report text with runs of whitespace collapsed; bytes must be UTF-8."""
-  if isinstance(report, bytes):
-    try:
-      report = report.decode("utf-8")
-    except UnicodeDecodeError as e:
-      raise SkipRecord("undecodable_report", str(e)) from None
-  if "\ufffd" in report or SURROGATE.search(report):
-    raise SkipRecord("undecodable_report", "bytes that are not text (decoding replaced them)")
-  return " ".join(report.split())
-
-
 def _int_or_unknown(value) -> np.int32:
   """Age / sex as int32, with None and NaN (a missing CSV cell) as UNKNOWN."""
   if value is None or (isinstance(value, float) and not np.isfinite(value)):
-    return np.int32(UNKNOWN)
+    return np.int32(contract.UNKNOWN)
   return np.int32(value)
 
 
@@ -145,7 +107,7 @@ def prepare_example(task: RecordTask, reader: Callable[[RecordTask], RawRecord],
   """(record_id, example) for a usable record, or (record_id, reason, detail) for a skip."""
   try:
     raw = reader(task)
-    report = clean_report(raw.report)
+    report = contract.clean_report(raw.report)
     if require_report and not report:
       raise SkipRecord("empty_report", "no report text")
     prepared = signal_lib.prepare(raw.signal.signal_mv, raw.signal.fs, raw.signal.lead_names,
@@ -227,8 +189,8 @@ class EcgBuilder(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description=(type(self).__doc__ or self.name).strip().splitlines()[0],
-        features=contract_features(spec.num_samples, self.label_sets()),
-        metadata=contract_metadata(spec.sample_rate, self.label_sets(),
+        features=contract.features(spec.num_samples, self.label_sets()),
+        metadata=contract.metadata(spec.sample_rate, self.label_sets(),
                                    signal_spec=dataclasses.asdict(spec),
                                    **self.extra_metadata()),
     )
@@ -258,7 +220,7 @@ class EcgBuilder(tfds.core.GeneratorBasedBuilder):
         prepare_example, reader=self.record_reader(), spec=self.builder_config.signal,
         label_sets=self.label_sets(), require_report=self.builder_config.require_report)
     generators, skipped = {}, list(index_skips)
-    for split in SPLITS:
+    for split in contract.SPLITS:
       if not by_split[split]:
         continue
       done = _first_kept(by_split[split], process)

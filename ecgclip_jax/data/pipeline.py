@@ -16,6 +16,7 @@ import grain
 import numpy as np
 from absl import flags
 
+from ecgclip_jax.data import contract
 from ecgclip_jax.data.normalize import check_normalization, normalize_ecg
 
 
@@ -25,11 +26,8 @@ def tokenize_report(tokenizer, report, max_length: int) -> dict[str, np.ndarray]
   `tokenizer` is a Hugging Face tokenizer built by the caller; only its batch
   call signature is used, so any text tower's tokenizer fits.
   """
-  if isinstance(report, np.ndarray):
-    report = report.item()
-  text = report.decode("utf-8") if isinstance(report, bytes) else str(report)
   encoded = tokenizer(
-      [text], padding="max_length", truncation=True, max_length=max_length,
+      [contract.text(report)], padding="max_length", truncation=True, max_length=max_length,
       return_tensors="np",
   )
   return {
@@ -46,9 +44,10 @@ class RecordTransform(grain.transforms.Map):
   """
 
   def __init__(self, tokenizer, max_text_length: int, normalization: str,
-               label_feature: str = "labels", with_record_id: bool = False):
+               label_feature: str | None = "labels", with_record_id: bool = False):
     """`tokenizer` None: ECG-only examples (downstream jobs); `label_feature` picks one of
-    the dataset's label sets (e.g. PTB-XL's `labels_superdiagnostic`) as `labels`;
+    the dataset's label sets (e.g. PTB-XL's `labels_superdiagnostic`) as `labels` (None:
+    no labels, for recordings outside any dataset);
     `with_record_id` adds the host-only `record_id` (bytes) that training logs for a
     non-finite batch."""
     check_normalization(normalization)  # Fail at build time, not in a worker.
@@ -66,14 +65,14 @@ class RecordTransform(grain.transforms.Map):
     example = {
         "ecg": normalize_ecg(record["ecg"], lead_mask, self.normalization),
         "lead_mask": lead_mask,
-        "labels": np.asarray(record[self.label_feature], dtype=bool),
     }
+    if self.label_feature is not None:
+      example["labels"] = np.asarray(record[self.label_feature], dtype=bool)
     if self.tokenizer is not None:
       example.update(tokenize_report(self.tokenizer, record["report"], self.max_text_length))
     if self.with_record_id:
-      record_id = record.get("record_id", b"")
       example["record_id"] = np.asarray(
-          record_id if isinstance(record_id, bytes) else str(record_id).encode(), dtype=bytes)
+          contract.text(record.get("record_id", b"")).encode("utf-8"), dtype=bytes)
     return example
 
 
@@ -184,7 +183,7 @@ def make_eval_batches(
     per_process_batch_size: int,
     process_index: int,
     process_count: int,
-    label_feature: str = "labels",
+    label_feature: str | None = "labels",
 ) -> Iterator[dict[str, np.ndarray]]:
   """Yields this process's evaluation batches, in source order, each once.
 

@@ -31,7 +31,7 @@ class RawSignal:
   comments: list[str] = dataclasses.field(default_factory=list)
 
 
-def _units_to_mv(units: str) -> float:
+def units_to_mv(units: str) -> float:
   factor = _TO_MV.get(units.strip().casefold())
   if factor is None:
     raise SkipRecord("unsupported_format", f"signal units {units!r}")
@@ -71,7 +71,7 @@ def read_wfdb(record_path: str | os.PathLike) -> RawSignal:
   if header.sig_len and signal.shape[0] != header.sig_len:
     raise SkipRecord("header_data_mismatch",
                      f"{record_path}: {signal.shape[0]} samples, header says {header.sig_len}")
-  factors = np.array([_units_to_mv(u or "mV") for u in record.units])
+  factors = np.array([units_to_mv(u or "mV") for u in record.units])
   return RawSignal(signal_mv=signal * factors, fs=float(record.fs),
                    lead_names=list(record.sig_name), comments=list(record.comments or []))
 
@@ -132,7 +132,7 @@ def read_npy(path: str | os.PathLike, fs: float, lead_names: list[str],
                      f"{path}: shape {array.shape} vs {len(lead_names)} lead names")
   if array.shape[0] == 0:
     raise SkipRecord("unreadable_signal", f"{path}: no samples")
-  return RawSignal(signal_mv=array.astype(np.float64) * _units_to_mv(units), fs=float(fs),
+  return RawSignal(signal_mv=array.astype(np.float64) * units_to_mv(units), fs=float(fs),
                    lead_names=list(lead_names))
 
 

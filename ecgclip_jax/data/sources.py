@@ -1,9 +1,10 @@
 """Opens a dataset's array_record splits as random-access sources (no TensorFlow).
 
-`data.name` names a builder package under tfds_builders/. The synthetic corpus needs no
-download, so it is built here when missing; a real corpus is built here from
-`data.manual_dir` (its untouched download) when that is set, or else must already have been
-built into `data.data_dir` by its own command.
+`data.name` names a builder package under tfds_builders/, opened by name through the TFDS
+registry (the package is imported only to register it; see docs/architecture.md). The
+synthetic corpus needs no download, so it is built here when missing; a real corpus is
+built here from `data.manual_dir` (its untouched download) when that is set, or else must
+already have been built into `data.data_dir` by its own command.
 """
 
 from __future__ import annotations
@@ -53,29 +54,21 @@ class Dataset:
     return self.builder.as_data_source(split=split)
 
 
-def _synthetic_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  from tfds_builders.synthetic_ecg_reports import synthetic_ecg_reports_dataset_builder as lib
-  configs = {c.name: c for c in lib.Builder.BUILDER_CONFIGS}
-  if data_config.builder_config not in configs:
-    raise ValueError(f"{SYNTHETIC} has no config {data_config.builder_config!r}; "
-                     f"available: {sorted(configs)}")
-  config = configs[data_config.builder_config]
-  if data_config.num_patients or data_config.corpus_seed:
-    config = lib.custom_config(config.sample_rate, data_config.num_patients or config.num_patients,
-                               seed=data_config.corpus_seed,
-                               duration_s=config.duration_s)
-  return lib.prepare(config, data_config.data_dir or None)
-
-
-def _real_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  """The (maybe unbuilt) builder of a real corpus: cheap, reads no records."""
+def _builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The (maybe unbuilt) builder of the configured dataset, found by name in the TFDS
+  registry: cheap, reads no records. The synthetic corpus takes its size and seed as
+  builder arguments (a custom config such as `100hz_p40_s0`)."""
   try:
     importlib.import_module(f"tfds_builders.{data_config.name}")  # registers the builder
   except ModuleNotFoundError:
     raise ValueError(f"unknown dataset {data_config.name!r}: no package tfds_builders/"
                      f"{data_config.name}") from None
-  return tfds.builder(f"{data_config.name}/{data_config.builder_config}",
-                      data_dir=data_config.data_dir or None, file_format="array_record")
+  corpus = {}
+  if data_config.name == SYNTHETIC:
+    corpus = dict(num_patients=data_config.num_patients, corpus_seed=data_config.corpus_seed)
+  return tfds.builder(data_config.name, config=data_config.builder_config,
+                      data_dir=data_config.data_dir or None, file_format="array_record",
+                      **corpus)
 
 
 def dataset_problem(data_config: ml_collections.ConfigDict) -> str | None:
@@ -84,7 +77,7 @@ def dataset_problem(data_config: ml_collections.ConfigDict) -> str | None:
   if data_config.name == SYNTHETIC:
     return None
   try:
-    builder = _real_builder(data_config)
+    builder = _builder(data_config)
   except ValueError as e:  # also tfds: an unknown builder config
     return str(e)
   name = f"{data_config.name}/{data_config.builder_config}"
@@ -103,8 +96,12 @@ def dataset_problem(data_config: ml_collections.ConfigDict) -> str | None:
 def _prepared_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   if problem := dataset_problem(data_config):
     raise FileNotFoundError(problem)
-  builder = _real_builder(data_config)
+  builder = _builder(data_config)
   if builder.is_prepared():
+    return builder
+  if data_config.name == SYNTHETIC:  # generated here: nothing to download
+    print(f"Building {builder.info.full_name} in {builder.data_dir} ...", flush=True)
+    builder.download_and_prepare()
     return builder
   name = f"{data_config.name}/{data_config.builder_config}"
   print(f"Building {name} from {data_config.manual_dir} into {builder.data_dir_root} ...",
@@ -127,10 +124,7 @@ def _built_by_process_zero(
 
 def open_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
   """The dataset named by the config, checked against the config's record length."""
-  if data_config.name == SYNTHETIC:
-    dataset = Dataset(_built_by_process_zero(lambda: _synthetic_builder(data_config)))
-  else:
-    dataset = Dataset(_built_by_process_zero(lambda: _prepared_builder(data_config)))
+  dataset = Dataset(_built_by_process_zero(lambda: _prepared_builder(data_config)))
   if dataset.num_samples != data_config.num_samples:
     raise ValueError(
         f"{dataset.builder.info.full_name} has records of {dataset.num_samples} samples, "

@@ -25,6 +25,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 from scipy import signal
 
+from ecgclip_jax.data import contract
 from ecgclip_jax.data import synthetic_reports
 from ecgclip_jax.data.leads import LEAD_INDEX, LEAD_NAMES, NUM_LEADS
 
@@ -74,6 +75,21 @@ class Record:
 def patient_id(seed: int, index: int) -> str:
   """Id of the `index`-th patient (0-based) of the corpus drawn with `seed`."""
   return f"s{seed}-p{index:06d}"
+
+
+def patient_splits(num_patients: int, seed: int) -> dict[str, str]:
+  """Patient id -> split of the corpus drawn with `seed`: a seeded shuffle of the patients
+  cut 80/10/10, so no patient is in two splits and even a tiny corpus has at least one
+  patient in each."""
+  splits = contract.SPLITS
+  if num_patients < len(splits):
+    raise ValueError(f"Need at least {len(splits)} patients for {splits}, got {num_patients}.")
+  order = np.random.default_rng([seed, 5]).permutation(num_patients)
+  held_out = max(1, round(0.1 * num_patients))
+  split = np.full(num_patients, "train", dtype=object)
+  split[order[:held_out]] = "validation"
+  split[order[held_out:2 * held_out]] = "test"
+  return {patient_id(seed, i): name for i, name in enumerate(split)}
 
 
 def to_microvolts(ecg_mv: np.ndarray) -> np.ndarray:

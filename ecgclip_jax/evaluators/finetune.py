@@ -30,10 +30,11 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from ecgclip_jax import evaluate, parallel, train_state
+from ecgclip_jax import parallel, passes, train_state
 from ecgclip_jax.data import pipeline
 from ecgclip_jax.evaluators.linear_probe import check_labels, masked_bce
 from ecgclip_jax.models import resnet1d
+from ecgclip_jax.progress import Progress
 
 Params = dict[str, Any]
 
@@ -140,7 +141,7 @@ class Steps:
   def predict(self, params: Params, batch_stats: Params, source: Sequence[dict[str, Any]],
               normalization: str, eval_batch_size: int) -> np.ndarray:
     """Logits [len(source), T] of every record exactly once, in source order."""
-    out = evaluate.run_over_split(
+    out = passes.run_over_split(
         source, {"logits": lambda batch: self.logits(params, batch_stats, batch["ecg"])},
         self.mesh, batch_size=eval_batch_size, normalization=normalization)
     return out["logits"].astype(np.float32)
@@ -229,10 +230,14 @@ def finetune(ecg_config: resnet1d.ResNet1DConfig, init: dict[str, Params] | None
   history = {"step": [], "epoch": [], "train_loss": [], "val_loss": [], "seconds": []}
   columns = {"labels": train_labels, "known": train_known}
   losses, start = [], time.time()
+  # The ETA is an upper bound: early stopping usually ends the run before max_epochs.
+  meter = Progress("fine-tune (at most)", config.max_epochs * steps_per_epoch, "steps",
+                   wait=lambda: jax.block_until_ready(losses[-1:]))
   for step, (epoch, batch) in enumerate(
       _epoch_batches(train_source, train_indices, columns, config, batch_size, mesh), 1):
     state, loss = steps.train_step(state, batch)
     losses.append(loss)
+    meter.update(1)
     if step % every:
       continue
     val_logits = steps.predict(state.params, state.batch_stats, val_source,
@@ -242,8 +247,9 @@ def finetune(ecg_config: resnet1d.ResNet1DConfig, init: dict[str, Params] | None
     seconds = time.time() - start
     for name, value in zip(history, (step, epoch, train_loss, val_loss, seconds)):
       history[name].append(value)
-    progress(f"fine-tune epoch {epoch} step {step}: train loss {train_loss:.4f}  "
-             f"val loss {val_loss:.4f}  {seconds:.1f}s")
+    progress(f"fine-tune epoch {epoch}/{config.max_epochs} step {step}: train loss "
+             f"{train_loss:.4f}  val loss {val_loss:.4f}  {seconds:.1f}s "
+             f"({every / seconds:.1f} steps/s)")
     validations_since_best += 1
     if val_loss < best["loss"]:
       best = {"loss": val_loss, "step": step, "epoch": epoch}
@@ -252,6 +258,7 @@ def finetune(ecg_config: resnet1d.ResNet1DConfig, init: dict[str, Params] | None
     elif validations_since_best >= config.patience:
       break
     losses, start = [], time.time()
+  meter.done()
   model.history = {**history, "epochs": history["epoch"][-1] if history["epoch"] else 0,
                    "steps_per_epoch": steps_per_epoch, "batch_size": batch_size,
                    "best_step": best["step"], "best_epoch": best["epoch"],

@@ -4,6 +4,7 @@ results.csv (for tools), results.md (for people) and meta.json, and read back by
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import os
@@ -175,3 +176,37 @@ def format_summary(rows: list[dict]) -> str:
       lines.append(f"{r['run']:<{width}}  {method:<12}  {format_fraction(r['fraction']):>6}  "
                    f"{scored:>5}  {format_cell(r, 'prauc'):<22}  {format_cell(r, 'auroc')}")
   return "\n".join(lines)
+
+
+# ----------------------------------------------------------------- several runs
+
+
+def load_runs(run_dirs: list[str]) -> list[dict]:
+  """Every row of every folder, with `run` made unique across folders."""
+  per_dir = []
+  for run_dir in run_dirs:
+    path = os.path.join(run_dir, "results.csv")
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"no results.csv in {run_dir} (expected the output folder of "
+                              "python -m ecgclip_jax.probe)")
+    per_dir.append(read_results(path))
+  folders_of = collections.defaultdict(set)
+  for run_dir, rows in zip(run_dirs, per_dir):
+    for row in rows:
+      folders_of[row["run"]].add(run_dir)
+  merged = []
+  for run_dir, rows in zip(run_dirs, per_dir):
+    folder = os.path.basename(os.path.normpath(run_dir))
+    for row in rows:
+      if len(folders_of[row["run"]]) > 1:
+        row = {**row, "run": f"{folder}: {row['run']}"}
+      merged.append(row)
+  return merged
+
+
+def comparison(run_dirs: list[str], metric: str = "prauc", per_task: bool = False) -> str:
+  rows = load_runs(run_dirs)
+  if not per_task:
+    rows = [r for r in rows if r["task"] == MACRO]
+  return (f"{metric.upper()} (95% bootstrap CI) of {len(run_dirs)} result folders\n\n"
+          + pivot_table(rows, metric, counts=per_task))

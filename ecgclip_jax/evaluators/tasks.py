@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from ecgclip_jax import paths
+from ecgclip_jax.data import contract
 
 TASKS_DIR = os.path.join(paths.PROJECT_ROOT, "configs", "tasks")
 SPLIT_ROLES = ("train", "validation", "test")
@@ -271,9 +272,7 @@ def join_task_table(table: TaskTable, dataset_record_ids, *,
   row_of = {record_id: i for i, record_id in enumerate(table.record_ids)}
   indices, rows = [], []
   for index, record_id in enumerate(dataset_record_ids):
-    if isinstance(record_id, bytes):
-      record_id = record_id.decode("utf-8")
-    row = row_of.get(str(record_id))
+    row = row_of.get(contract.text(record_id))
     if row is not None:
       indices.append(index)
       rows.append(row)

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
-from ecgclip_jax import train_state
 from ecgclip_jax.evaluators import linear_probe
+from ecgclip_jax.models import build
 
 METHODS = ("grad_x_input", "integrated_gradients", "occlusion")
 BASELINES = ("isoelectric", "blur", "zeros")
@@ -169,14 +169,14 @@ class Attributor:
   and the target's direction are arguments, so they compile once per input shape. Inputs
   are placed with `sharding` (e.g. split over the mesh's batch axes) when given."""
 
-  def __init__(self, trainer: train_state.Trainer, config: SaliencyConfig, sample_rate: float,
+  def __init__(self, model_def: build.ModelDef, config: SaliencyConfig, sample_rate: float,
                sharding: jax.sharding.Sharding | None = None):
     check_config(config)
     self.config, self.sample_rate = config, sample_rate
     self.occlusion_window = tuple(max(1, round(seconds * sample_rate)) for seconds in
                                   (config.occlusion_s, config.occlusion_stride_s))
     self._place = lambda x: x if x is None or sharding is None else jax.device_put(x, sharding)
-    reads = {"embedding": trainer.embed_ecg, "features": trainer.ecg_features}
+    reads = {"embedding": model_def.embed_ecg, "features": model_def.ecg_features}
 
     def score(weights, x, direction, offset, *, representation):
       return reads[representation](*weights, x) @ direction + offset

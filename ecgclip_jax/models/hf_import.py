@@ -157,6 +157,19 @@ def load_bert(folder: str | Path, *, dtype=jnp.float32) -> tuple[BertEncoder, Be
 
 def load_tokenizer(folder: str | Path):
   """The folder's own tokenizer via AutoTokenizer (``BertTokenizer(vocab_file=...)`` silently ignores files)."""
+  # transformers' import advises, once, that without PyTorch "Models won't be available":
+  # true and expected here (we only need its tokenizers), so drop exactly that record. A
+  # filter on its logger, not TRANSFORMERS_NO_ADVISORY_WARNINGS or its verbosity, which
+  # would hide other advice and warnings too.
+  import logging
+
+  advisory = logging.getLogger("transformers")
+  if not any(getattr(f, "ecgclip_no_torch_advisory", False) for f in advisory.filters):
+    def drop_no_torch_advisory(record: logging.LogRecord) -> bool:
+      return "Models won't be available" not in record.getMessage()
+
+    drop_no_torch_advisory.ecgclip_no_torch_advisory = True
+    advisory.addFilter(drop_no_torch_advisory)
   from transformers import AutoTokenizer  # heavy import; only needed here
 
   return AutoTokenizer.from_pretrained(str(_check_folder(folder)), local_files_only=True)

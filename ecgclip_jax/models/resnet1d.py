@@ -45,6 +45,7 @@ class ResNet1DConfig:
 
 
 NORMS = ("batch", "group")
+POOLINGS = ("avg", "attention")
 MAX_GROUPS = 32  # GroupNorm's usual group count (Wu & He, 2018)
 
 
@@ -153,7 +154,7 @@ class ResNet1D(nnx.Module):
     elif config.pooling == "avg":
       self.pool = None
     else:
-      raise ValueError(f"unknown ECG pooling {config.pooling!r}; choose 'avg' or 'attention'")
+      raise ValueError(f"unknown ECG pooling {config.pooling!r}; choose one of {POOLINGS}")
 
   def __call__(self, ecg: jax.Array, train: bool = False) -> jax.Array:
     x = nnx.relu(_normalize(self.stem_norm, self.stem_conv(ecg), train))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from ecgclip_jax.data import synthetic, synthetic_reports
+from ecgclip_jax.data import contract, synthetic, synthetic_reports
 from ecgclip_jax.data.leads import LEAD_INDEX, LEAD_NAMES
 
 L = {name: i for i, name in enumerate(synthetic.LABEL_NAMES)}
@@ -455,3 +455,14 @@ def test_reports_quote_the_measured_rate(clean_all):
       assert abs(quoted_rate - measured) < tolerance * measured, r.report
       checked += 1
   assert checked >= 20  # the phrasing still quotes rates: the test checked something
+
+
+def test_patient_splits_are_disjoint_deterministic_and_never_empty():
+  splits = synthetic.patient_splits(1000, seed=0)
+  assert splits == synthetic.patient_splits(1000, seed=0) != synthetic.patient_splits(1000, seed=1)
+  assert set(splits) == {synthetic.patient_id(0, i) for i in range(1000)}
+  share = {name: list(splits.values()).count(name) / 1000 for name in contract.SPLITS}
+  assert share == {"train": 0.8, "validation": 0.1, "test": 0.1}
+  assert set(synthetic.patient_splits(3, seed=0).values()) == set(contract.SPLITS)
+  with pytest.raises(ValueError):
+    synthetic.patient_splits(2, seed=0)

@@ -1,6 +1,6 @@
 """The saliency job end to end on a tiny model: PNGs, localization against the regenerated
-synthetic annotations, clear errors. (Restoring checkpoints is `probe.load_run`'s, tested
-with the probe job; fresh weights exercise every path here.)"""
+synthetic annotations, clear errors. (Restoring checkpoints is `api.load`'s, tested with
+the Python API; fresh weights exercise every path here.)"""
 
 import json
 
@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ecgclip_jax import probe
+from ecgclip_jax import api
 from ecgclip_jax.data import normalize, sources
-from ecgclip_jax.interpret import ecg_plot, explain, saliency
+from ecgclip_jax.interpret import ecg_plot, explanation, saliency
 
 FINDINGS = ("premature_ventricular_complexes", "right_bundle_branch_block",
             "left_ventricular_hypertrophy", "first_degree_av_block", "left_bundle_branch_block")
 
 
 def test_explain_a_tiny_model(tiny_config, tmp_path, capsys):
-  run = probe.load_run(None, None, "random", tiny_config)
-  dataset = sources.open_dataset(run.config.data)
-  examples = explain.synthetic_examples(dataset, "test")
+  model = api.initialize(tiny_config)
+  dataset = sources.open_dataset(model.config.data)
+  examples = explanation.synthetic_examples(dataset, "test")
   stored = dataset.source("test")
   assert [e.record_id for e in examples] == [stored[i]["record_id"].decode()
                                              for i in range(len(stored))]
@@ -29,8 +29,8 @@ def test_explain_a_tiny_model(tiny_config, tmp_path, capsys):
   classes = ["normal_sinus_rhythm", finding]
   out = tmp_path / "saliency"
 
-  results = explain.run_explain(
-      run, str(out), classes=classes, split="test", control="normal_sinus_rhythm",
+  results = explanation.run_explain(
+      model, str(out), classes=classes, split="test", control="normal_sinus_rhythm",
       config=saliency.SaliencyConfig(steps=4, chunk=2, occlusion_s=1, occlusion_stride_s=0.5),
       batch_size=8, max_records=3, num_plots=1)
   printed = capsys.readouterr().out
@@ -56,17 +56,17 @@ def test_explain_a_tiny_model(tiny_config, tmp_path, capsys):
   deletion = {d["finding"]: d for d in written["deletion"]}
   assert set(deletion) == set(classes)
   assert deletion[finding]["n"] == min(3, sum(e.labels[names.index(finding)] for e in examples))
-  target = explain.make_targets("zero_shot", run, dataset, ["normal_sinus_rhythm"],
-                                run.config.eval.prompts)["normal_sinus_rhythm"]
+  target = explanation.make_targets("zero_shot", model, dataset, ["normal_sinus_rhythm"],
+                                    model.config.eval.prompts)["normal_sinus_rhythm"]
   rhythm = [e for e in examples if e.labels[names.index("normal_sinus_rhythm")]][:3]
-  x = np.stack([normalize.normalize_ecg(e.ecg_uv, e.lead_mask, run.config.data.normalization)
+  x = np.stack([normalize.normalize_ecg(e.ecg_uv, e.lead_mask, model.config.data.normalization)
                 for e in rhythm])
   flat = np.broadcast_to(np.median(x, axis=1, keepdims=True), x.shape)
-  read = run.trainer.embed_ecg(*run.weights, flat) @ target.direction
+  read = model.model_def.embed_ecg(*model.weights, flat) @ target.direction
   assert deletion["normal_sinus_rhythm"]["region_deleted_score_mean"] == pytest.approx(
       float(np.mean(read)), abs=1e-5)
   assert deletion["normal_sinus_rhythm"]["score_mean"] == pytest.approx(
-      float(np.mean(run.trainer.embed_ecg(*run.weights, x) @ target.direction)), abs=1e-5)
+      float(np.mean(model.model_def.embed_ecg(*model.weights, x) @ target.direction)), abs=1e-5)
   assert deletion[finding]["region_deleted_score_mean"] != deletion[finding]["score_mean"]
   assert len(written["records"]) == sum(s["n"] for s in results.values())
   for (finding_name, method), s in results.items():  # each record's evidence, averaged
@@ -76,4 +76,4 @@ def test_explain_a_tiny_model(tiny_config, tmp_path, capsys):
     assert s["evidence_ratio_mean"] == (pytest.approx(np.mean(evidence)) if evidence else None)
 
   with pytest.raises(ValueError, match="has no label.*st_elevation_posterior"):
-    explain.run_explain(run, str(out), classes=["st_elevation_posterior"], split="test")
+    explanation.run_explain(model, str(out), classes=["st_elevation_posterior"], split="test")

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ecgclip_jax import parallel, train_state
+from ecgclip_jax import parallel
+from ecgclip_jax.models import build
 from ecgclip_jax.evaluators import linear_probe
 from ecgclip_jax.interpret import saliency
 
@@ -176,15 +177,14 @@ def test_attributor_explains_the_model_read_out(tiny_config, representation):
   """The jitted, sharded attributions are those of `representation(x) . direction + offset`
   computed directly from the model, with the configured baseline."""
   tiny_config.data.num_samples = 250
-  trainer = train_state.Trainer(tiny_config)
-  state = trainer.init(jax.random.key(0), load_pretrained_text=False)
-  weights = (state.params, state.model_state)
+  model_def = build.ModelDef(tiny_config)
+  weights = model_def.init(jax.random.key(0), load_pretrained_text=False)
   mesh = parallel.make_mesh(tiny_config.mesh)
   config = saliency.SaliencyConfig(steps=5, baseline="blur", blur_s=0.1, chunk=2)
-  attributor = saliency.Attributor(trainer, config, 100.0, parallel.batch_sharding(mesh))
+  attributor = saliency.Attributor(model_def, config, 100.0, parallel.batch_sharding(mesh))
   rng = np.random.default_rng(5)
   x = rng.normal(size=(8, 250, C)).astype(np.float32)
-  read = trainer.embed_ecg if representation == "embedding" else trainer.ecg_features
+  read = model_def.embed_ecg if representation == "embedding" else model_def.ecg_features
   dim = read(*weights, x[:1]).shape[1]
   target = saliency.Target("x", representation, rng.normal(size=dim).astype(np.float32), 0.3)
   score = lambda z: read(*weights, z) @ target.direction + target.offset

@@ -18,7 +18,7 @@ import scipy.signal
 import tensorflow_datasets as tfds
 import wfdb
 
-from ecgclip_jax.data import readers, skips, synthetic
+from ecgclip_jax.data import contract, readers, skips, synthetic
 from ecgclip_jax.data import signal as signal_lib
 from ecgclip_jax.data.leads import LEAD_NAMES
 from tfds_builders import build_cli, ecg_builder
@@ -42,7 +42,7 @@ def read_toy(task: ecg_builder.RecordTask) -> ecg_builder.RawRecord:
   return ecg_builder.RawRecord(
       signal=readers.read_wfdb(task.field("path")), report=report,
       labels={"labels": ecg_builder.multi_hot(task.field("labels", ()), LABELS)},
-      age=task.field("age"), sex=task.field("sex", ecg_builder.UNKNOWN))
+      age=task.field("age"), sex=task.field("sex", contract.UNKNOWN))
 
 
 class EcgBaseToyCorpus(ecg_builder.EcgBuilder):
@@ -362,8 +362,8 @@ def test_hash_split():
   ids = [f"patient-{i}-{rng.integers(1 << 30)}" for i in range(5000)]
   splits = {pid: ecg_builder.hash_split(pid, "toy") for pid in ids}
   assert splits == {pid: reference_split(pid, "toy") for pid in ids}  # the format is pinned
-  counts = {name: list(splits.values()).count(name) for name in ecg_builder.SPLITS}
-  for name, p in zip(ecg_builder.SPLITS, (0.8, 0.1, 0.1)):
+  counts = {name: list(splits.values()).count(name) for name in contract.SPLITS}
+  for name, p in zip(contract.SPLITS, (0.8, 0.1, 0.1)):
     assert abs(counts[name] - 5000 * p) < 4 * np.sqrt(5000 * p * (1 - p)), counts
   # the salt matters; other fractions are honoured
   other = [ecg_builder.hash_split(pid, "other") for pid in ids]
@@ -386,15 +386,6 @@ def test_multi_hot():
   assert out.dtype == np.bool_
   np.testing.assert_array_equal(out, [True, True, False])
   assert not ecg_builder.multi_hot([], LABELS).any()
-
-
-def test_clean_report():
-  assert ecg_builder.clean_report(" Sinus\trhythm.\n\n  Normal  ECG ") == "Sinus rhythm. Normal ECG"
-  assert ecg_builder.clean_report("Ölçüm  ok".encode()) == "Ölçüm ok"
-  for bad in (b"Sinus \xff rhythm", "lost \ufffd here"):
-    with pytest.raises(skips.SkipRecord) as e:
-      ecg_builder.clean_report(bad)
-    assert e.value.reason == "undecodable_report"
 
 
 def test_config_from_json():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ecgclip_jax.data import synthetic
+from ecgclip_jax.data import contract, synthetic
 from tfds_builders import synthetic_ecg_reports as ser
 
 CONFIG = ser.custom_config(sample_rate=100, num_patients=12, seed=3, duration_s=2.0)
@@ -25,7 +25,7 @@ def test_round_trip_matches_the_generator(built):
   builder, data_dir = built
   expected = {r.record_id: r for r in synthetic.generate_corpus(12, 100, 2.0, seed=3)}
   sources = builder.as_data_source()
-  assert set(sources) == set(ser.SPLITS)
+  assert set(sources) == set(contract.SPLITS)
   seen, patients = set(), {}
   for split, source in sources.items():
     for example in source:
@@ -54,21 +54,22 @@ def test_prepare_reuses_a_finished_build(built, capsys):
   assert again.info.splits.total_num_examples == builder.info.splits.total_num_examples
 
 
-def test_patient_splits_are_disjoint_deterministic_and_never_empty():
-  splits = ser.patient_splits(1000, seed=0)
-  assert splits == ser.patient_splits(1000, seed=0) != ser.patient_splits(1000, seed=1)
-  share = {name: list(splits.values()).count(name) / 1000 for name in ser.SPLITS}
-  assert share == {"train": 0.8, "validation": 0.1, "test": 0.1}
-  assert set(ser.patient_splits(3, seed=0).values()) == set(ser.SPLITS)
-  with pytest.raises(ValueError):
-    ser.patient_splits(2, seed=0)
-
-
-def test_named_configs():
+def test_named_configs(tmp_path):
   configs = ser.Builder.builder_configs
   assert {name: (c.sample_rate, c.duration_s) for name, c in configs.items()} == {
       "500hz": (500, 10.0), "100hz": (100, 10.0)}
   assert ser.custom_config(250, 40, seed=2).name == "250hz_p40_s2"
+  # By name through the registry, with the corpus size and seed as builder arguments.
+  builder = tfds.builder("synthetic_ecg_reports", config="500hz", data_dir=str(tmp_path),
+                         num_patients=40, corpus_seed=2)
+  assert builder.builder_config.name == "500hz_p40_s2" == ser.custom_config(500, 40, 2).name
+  assert (builder.builder_config.num_patients, builder.builder_config.seed) == (40, 2)
+  assert tfds.builder("synthetic_ecg_reports", config="100hz", data_dir=str(tmp_path),
+                      corpus_seed=1).builder_config.name == "100hz_p1500_s1"
+  assert tfds.builder("synthetic_ecg_reports", config="100hz", data_dir=str(tmp_path),
+                      num_patients=0, corpus_seed=0).builder_config.name == "100hz"
+  with pytest.raises(ValueError, match="has no config '250hz'"):
+    ser.Builder(config="250hz", num_patients=40, data_dir=str(tmp_path))
 
 
 def test_module_entry_point_runs_tfds_build(tmp_path):

@@ -47,6 +47,7 @@ import pathlib
 import tensorflow_datasets as tfds
 from absl import logging
 
+from ecgclip_jax.data import contract
 from ecgclip_jax.data import readers
 from ecgclip_jax.data.leads import LEAD_NAMES
 from ecgclip_jax.data.signal import SignalSpec
@@ -60,8 +61,8 @@ OPTIONAL_COLUMNS = ("record_id", "labels", "age", "sex", "sample_rate", "lead_na
 SIGNAL_SUFFIXES = (".hea", ".dat", ".mat", ".npy")  # dropped from `path` for the record id
 MAX_AGE = 150
 _SEX = {"f": 0, "female": 0, "0": 0, "m": 1, "male": 1, "1": 1,
-        "": ecg_builder.UNKNOWN, "u": ecg_builder.UNKNOWN, "unknown": ecg_builder.UNKNOWN,
-        "-1": ecg_builder.UNKNOWN}
+        "": contract.UNKNOWN, "u": contract.UNKNOWN, "unknown": contract.UNKNOWN,
+        "-1": contract.UNKNOWN}
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
@@ -124,8 +125,8 @@ class Builder(ecg_builder.EcgBuilder):
       record_id = _record_id(row, number)
       try:
         tasks.append(_task(row, record_id, path.parent, config, labels=labels,
-                           age=ecg_builder.UNKNOWN if age is None else age,
-                           sex=ecg_builder.UNKNOWN if sex is None else sex))
+                           age=contract.UNKNOWN if age is None else age,
+                           sex=contract.UNKNOWN if sex is None else sex))
       except SkipRecord as e:
         skipped.append((record_id, e.reason, f"row {number}: {e.detail}"))
     if unknown_labels:
@@ -261,9 +262,9 @@ def _task(row: dict[str, str], record_id: str, folder: pathlib.Path, config: Man
   split = row.get("split", "").casefold()
   if not split:
     split = ecg_builder.hash_split(row["patient_id"], config.split_salt)
-  elif split not in ecg_builder.SPLITS:
+  elif split not in contract.SPLITS:
     raise SkipRecord("missing_metadata",
-                     f"split {row['split']!r} is not one of {', '.join(ecg_builder.SPLITS)}")
+                     f"split {row['split']!r} is not one of {', '.join(contract.SPLITS)}")
   lead_names = row.get("lead_names", "")
   source = {
       "path": os.path.join(folder, row["path"]),  # an absolute `path` stays as it is
@@ -282,7 +283,7 @@ def _task(row: dict[str, str], record_id: str, folder: pathlib.Path, config: Man
 def _age(text: str) -> int | None:
   """Whole years; None when `text` is not an age (blank is unknown, not an error)."""
   if not text:
-    return ecg_builder.UNKNOWN
+    return contract.UNKNOWN
   try:
     years = float(text)
   except ValueError:

@@ -60,6 +60,7 @@ import pandas as pd
 import tensorflow_datasets as tfds
 from etils import epath
 
+from ecgclip_jax.data import contract
 from ecgclip_jax.data import readers
 from ecgclip_jax.data import signal as signal_lib
 from ecgclip_jax.data.skips import CorpusError
@@ -170,7 +171,7 @@ class Builder(ecg_builder.EcgBuilder):
          lambda row: f"{RECORD_LIST_CSV}: no {', '.join(np.array(_ID_COLUMNS)[missing[row]])}"),
         (records["report"].isna().to_numpy(), "empty_report",
          lambda row: f"no {MEASUREMENTS_CSV} row"),
-        (text.str.contains(ecg_builder.SURROGATE).to_numpy(), "undecodable_report",
+        (text.str.contains(contract.SURROGATE).to_numpy(), "undecodable_report",
          lambda row: f"{MEASUREMENTS_CSV}: report bytes are not UTF-8"),
         (words < c.min_report_words, "empty_report",
          lambda row: f"{words[row]} words < min_report_words={c.min_report_words}"),

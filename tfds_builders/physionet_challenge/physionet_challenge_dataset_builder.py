@@ -80,6 +80,7 @@ from typing import NamedTuple
 import tensorflow_datasets as tfds
 from etils import epath
 
+from ecgclip_jax.data import contract
 from ecgclip_jax.data import readers
 from ecgclip_jax.data import signal as signal_lib
 from ecgclip_jax.data.skips import CorpusError
@@ -165,12 +166,12 @@ def age_of(value: str | None) -> int:
   try:
     age = float(value)
   except (TypeError, ValueError):  # absent, "Unknown"
-    return ecg_builder.UNKNOWN
-  return int(round(age)) if 0 <= age <= MAX_AGE else ecg_builder.UNKNOWN  # NaN fails both
+    return contract.UNKNOWN
+  return int(round(age)) if 0 <= age <= MAX_AGE else contract.UNKNOWN  # NaN fails both
 
 
 def sex_of(value: str | None) -> int:
-  return _SEX.get((value or "").strip().casefold(), ecg_builder.UNKNOWN)
+  return _SEX.get((value or "").strip().casefold(), contract.UNKNOWN)
 
 
 def code_labels(codes) -> dict:
@@ -188,8 +189,8 @@ def read_record(task: ecg_builder.RecordTask) -> ecg_builder.RawRecord:
   return ecg_builder.RawRecord(
       signal=readers.read_wfdb(task.field("path")),
       labels=code_labels(task.field("dx", ())),
-      age=task.field("age", ecg_builder.UNKNOWN),
-      sex=task.field("sex", ecg_builder.UNKNOWN))
+      age=task.field("age", contract.UNKNOWN),
+      sex=task.field("sex", contract.UNKNOWN))
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)

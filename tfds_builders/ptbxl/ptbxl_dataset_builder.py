@@ -61,6 +61,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from ecgclip_jax.data import contract
 from ecgclip_jax.data import readers
 from ecgclip_jax.data import signal as signal_lib
 from ecgclip_jax.data.skips import CorpusError
@@ -287,7 +288,7 @@ def age_of(value: str | None) -> int:
   """Years; PTB-XL's 300 (any age above 89) -> 90; missing -> -1."""
   age = _number(value)
   if age is None or age < 0:
-    return ecg_builder.UNKNOWN
+    return contract.UNKNOWN
   if age >= AGE_OVER_89_CODE:
     return AGE_OVER_89
   return round(age)
@@ -297,8 +298,8 @@ def sex_of(value: str | None) -> int:
   """PTB-XL 0 male, 1 female -> 1 male, 0 female; anything else -> -1."""
   sex = _number(value)
   if sex is None or not sex.is_integer():
-    return ecg_builder.UNKNOWN
-  return _SEX.get(int(sex), ecg_builder.UNKNOWN)
+    return contract.UNKNOWN
+  return _SEX.get(int(sex), contract.UNKNOWN)
 
 
 def statements_of(value: str | None) -> tuple[str, ...]:
@@ -359,8 +360,8 @@ def read_record(task: ecg_builder.RecordTask) -> ecg_builder.RawRecord:
       signal=readers.read_wfdb(task.field("path")),
       report=task.field("report", ""),
       labels=statement_labels(task.field("scp_codes", ())),
-      age=task.field("age", ecg_builder.UNKNOWN),
-      sex=task.field("sex", ecg_builder.UNKNOWN))
+      age=task.field("age", contract.UNKNOWN),
+      sex=task.field("sex", contract.UNKNOWN))
 
 
 # --- the builder -----------------------------------------------------------------------------

@@ -7,22 +7,24 @@ Build (array_record: the one format that needs no TensorFlow):
 It runs the stock `tfds build` command, so every `tfds build` flag works (`--config` also
 takes a JSON of `SyntheticConfig` fields), and defaults to `--file_format=array_record`. The
 `tfds` console script itself cannot start without TensorFlow in tfds 4.9.x (it imports a
-TensorFlow-only converter at start-up). From Python, the trainer calls
-`prepare(config, data_dir)`; reading is `builder.as_data_source(split)`.
+TensorFlow-only converter at start-up). From Python, the trainer opens it by name like any
+other corpus (`tfds.builder("synthetic_ecg_reports", config="100hz", num_patients=40, ...)`,
+see `Builder`) and builds it when missing; `prepare(config, data_dir)` does the same for a
+config name or a `SyntheticConfig`. Reading is `builder.as_data_source(split)`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ecgclip_jax.data import contract
 from ecgclip_jax.data import synthetic
 from ecgclip_jax.data.leads import NUM_LEADS
-from tfds_builders import ecg_builder
 
 LABEL_NAMES = synthetic.LABEL_NAMES
-SPLITS = ecg_builder.SPLITS
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
@@ -45,19 +47,6 @@ def custom_config(sample_rate: int, num_patients: int, seed: int = 0,
                          seed=seed, duration_s=duration_s)
 
 
-def patient_splits(num_patients: int, seed: int) -> dict[str, str]:
-  """Patient id -> split: a seeded shuffle of the patients cut 80/10/10, so no patient is in
-  two splits and even a tiny corpus has at least one patient in each."""
-  if num_patients < len(SPLITS):
-    raise ValueError(f"Need at least {len(SPLITS)} patients for {SPLITS}, got {num_patients}.")
-  order = np.random.default_rng([seed, 5]).permutation(num_patients)
-  held_out = max(1, round(0.1 * num_patients))
-  split = np.full(num_patients, "train", dtype=object)
-  split[order[:held_out]] = "validation"
-  split[order[held_out:2 * held_out]] = "test"
-  return {synthetic.patient_id(seed, i): name for i, name in enumerate(split)}
-
-
 class Builder(tfds.core.GeneratorBasedBuilder):
   """Synthetic 12-lead ECGs with machine-style reports and multi-hot findings."""
 
@@ -71,23 +60,39 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   ]
   DEFAULT_CONFIG_NAME = "100hz"
 
+  def __init__(self, *, config: str | SyntheticConfig | None = None, num_patients: int = 0,
+               corpus_seed: int = 0, **kwargs):
+    """`num_patients` (0: the config's own) or a `corpus_seed` other than 0 make the
+    `custom_config` of that size and seed from `config`'s rate and duration ("100hz" with
+    40 patients is "100hz_p40_s0"), so that `tfds.builder("synthetic_ecg_reports",
+    config=..., num_patients=..., corpus_seed=...)` opens any corpus by name."""
+    if isinstance(config, str) and config not in self.builder_configs:
+      raise ValueError(f"{self.name} has no config {config!r}; "
+                       f"available: {sorted(self.builder_configs)}")
+    if num_patients or corpus_seed:
+      base = (config if isinstance(config, SyntheticConfig)
+              else self.builder_configs[config or self.DEFAULT_CONFIG_NAME])
+      config = custom_config(base.sample_rate, num_patients or base.num_patients,
+                             seed=corpus_seed, duration_s=base.duration_s)
+    super().__init__(config=config, **kwargs)
+
   def _info(self) -> tfds.core.DatasetInfo:
     num_samples = round(self.builder_config.sample_rate * self.builder_config.duration_s)
     label_sets = {"labels": list(LABEL_NAMES)}
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__.splitlines()[0],
-        features=ecg_builder.contract_features(num_samples, label_sets),
-        metadata=ecg_builder.contract_metadata(self.builder_config.sample_rate, label_sets),
+        features=contract.features(num_samples, label_sets),
+        metadata=contract.metadata(self.builder_config.sample_rate, label_sets),
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
-    return {name: self._generate_examples(name) for name in SPLITS}
+    return {name: self._generate_examples(name) for name in contract.SPLITS}
 
   def _generate_examples(self, split: str):
     c = self.builder_config
-    splits = patient_splits(c.num_patients, c.seed)
+    splits = synthetic.patient_splits(c.num_patients, c.seed)
     for record in synthetic.iter_corpus(c.num_patients, c.sample_rate, c.duration_s, c.seed):
       if splits[record.patient_id] == split:
         yield record.record_id, {
