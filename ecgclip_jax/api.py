@@ -68,6 +68,13 @@ def dataset_inputs(config: ml_collections.ConfigDict,
                           dataset.builder.info.full_name)
 
 
+def evaluation_side(config: ml_collections.ConfigDict | None) -> dict:
+  """What a job's own `--config` may set on a restored model: the mesh and the eval batch
+  (the model itself always comes from the checkpoint)."""
+  return {} if config is None else {"mesh": config.mesh.to_dict(),
+                                    "batch_size": config.eval.batch_size}
+
+
 def _with_overrides(config: ml_collections.ConfigDict, batch_size: int | None
                     ) -> ml_collections.ConfigDict:
   if batch_size is not None:

@@ -110,13 +110,8 @@ def evaluate_checkpoint(workdir: str, step: int | None = None,
                         ) -> dict:
   """Scores checkpoint `step` (default: the latest) of `workdir`. The model is the one the
   checkpoint stores; `config`, if given, sets only the evaluation side (`eval`, `mesh`)."""
-  model = api.load_checkpoint(workdir, step, **_evaluation_side(config))
+  model = api.load_checkpoint(workdir, step, **api.evaluation_side(config))
   return run_evaluation(model, workdir, config.eval if config else None, map_options)
-
-
-def _evaluation_side(config: ml_collections.ConfigDict | None) -> dict:
-  return {} if config is None else {"mesh": config.mesh.to_dict(),
-                                    "batch_size": config.eval.batch_size}
 
 
 def watch(workdir: str, config: ml_collections.ConfigDict | None = None,
@@ -141,7 +136,7 @@ def watch(workdir: str, config: ml_collections.ConfigDict | None = None,
       for step in steps:
         if os.path.exists(os.path.join(workdir, "eval", str(step), "metrics.json")):
           continue
-        model = api.load_checkpoint(workdir, step, like=model, **_evaluation_side(config))
+        model = api.load_checkpoint(workdir, step, like=model, **api.evaluation_side(config))
         run_evaluation(model, workdir, config.eval if config else None, map_options)
         evaluated.append(step)
         last_news = time.time()

@@ -53,8 +53,7 @@ def flatten(weights: build.Weights) -> dict[str, np.ndarray]:
   flat = {}
   for part, tree in zip(PARTS, weights):
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-      name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-      flat[f"{part}/{name}"] = np.array(passes.gather(leaf)).reshape(leaf.shape)
+      flat[f"{part}/{build.path_str(path)}"] = np.array(passes.gather(leaf)).reshape(leaf.shape)
   return flat
 
 
@@ -65,8 +64,7 @@ def unflatten(tensors: Mapping[str, np.ndarray], abstract: build.Weights,
   wanted = {}
   for part, tree in zip(PARTS, abstract):
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-      name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-      wanted[f"{part}/{name}"] = (part, path, leaf)
+      wanted[f"{part}/{build.path_str(path)}"] = (part, path, leaf)
   problems = [f"missing {name}" for name in sorted(wanted.keys() - tensors.keys())]
   problems += [f"unexpected {name}" for name in sorted(tensors.keys() - wanted.keys())]
   problems += [f"{name}: shape {tensors[name].shape}, the model has {leaf.shape}"

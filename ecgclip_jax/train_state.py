@@ -37,10 +37,6 @@ class TrainState:
 # Which parameters train, and which decay.
 # ---------------------------------------------------------------------------------------
 
-def _path_str(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
 def trainable_mask(params: Params, trainable_top_layers: int, num_text_layers: int) -> Params:
   """True for parameters the optimizer updates (the text-tower freezing policy)."""
   if trainable_top_layers < 0 or trainable_top_layers > num_text_layers:
@@ -48,7 +44,7 @@ def trainable_mask(params: Params, trainable_top_layers: int, num_text_layers: i
   first_trainable = num_text_layers - trainable_top_layers
 
   def is_trainable(path, _):
-    name = _path_str(path)
+    name = build.path_str(path)
     if not name.startswith("text_encoder/"):
       return True
     layer = re.match(r"text_encoder/layers/(\d+)/", name)
@@ -123,7 +119,7 @@ class Trainer:
                                config.text.trainable_top_layers, self.num_text_layers)
     self.text_trains = any(
         m for path, m in jax.tree_util.tree_leaves_with_path(self.mask)
-        if _path_str(path).startswith("text_encoder/"))
+        if build.path_str(path).startswith("text_encoder/"))
     self.tx = make_optimizer(config)
 
   def init(self, rng: jax.Array, load_pretrained_text: bool) -> TrainState:

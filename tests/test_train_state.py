@@ -14,10 +14,11 @@ from jax.sharding import PartitionSpec
 
 from ecgclip_jax import losses, parallel, train_state
 from ecgclip_jax.config_defaults import default_config
+from ecgclip_jax.models import build
 
 
 def _names(tree):
-  return {train_state._path_str(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  return {build.path_str(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 @pytest.mark.parametrize("top,expect_trainable_layers,embeddings", [

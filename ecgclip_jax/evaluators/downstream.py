@@ -91,9 +91,8 @@ def load_run(workdir: str | None, step: int | None, init: str,
     raise ValueError(f"--init must be 'pretrained' or 'random', got {init!r}")
   if not workdir:
     raise ValueError("a pre-trained run needs --workdir (its checkpoints/ folder)")
-  side = {} if config is None else {"mesh": config.mesh.to_dict(),
-                                    "batch_size": config.eval.batch_size}
-  return Run(api.load_checkpoint(workdir, step, **side), pretrained=True)
+  return Run(api.load_checkpoint(workdir, step, **api.evaluation_side(config)),
+             pretrained=True)
 
 
 def open_task_data(task_set: tasks.TaskSet, config: ml_collections.ConfigDict,

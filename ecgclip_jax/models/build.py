@@ -50,6 +50,12 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> clip.ECGCL
       rngs=rngs)
 
 
+def path_str(path) -> str:
+  """A pytree key path as `ecg_encoder/stages/0/1/conv1/kernel`: the name of a weight in
+  freezing masks and in the model folder's safetensors."""
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
 def split_model(model: clip.ECGCLIP) -> tuple[nnx.GraphDef, Params, Params]:
   graphdef, params, model_state = nnx.split(model, nnx.Param, nnx.BatchStat)
   return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(model_state)
