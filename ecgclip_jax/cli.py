@@ -3,10 +3,12 @@ explain): flags, one-line user errors, and a `--help` that lists every flag."""
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from typing import Callable
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -17,13 +19,19 @@ USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, ConnectionError,
                FloatingPointError)
 
 
-def define_config_and_workdir(workdir_help: str):
-  """The `--config configs/X.py` (with `--config.key=value` overrides) and `--workdir` flags."""
+def define_config():
+  """The required `--config configs/X.py` flag, with `--config.key=value` overrides."""
   config = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                            lock_config=True)
+  flags.mark_flag_as_required("config")
+  return config
+
+
+def define_config_and_workdir(workdir_help: str):
+  """`define_config` and the required `--workdir` flag."""
   workdir = flags.DEFINE_string("workdir", None, workdir_help)
-  flags.mark_flags_as_required(["config", "workdir"])
-  return config, workdir
+  flags.mark_flag_as_required("workdir")
+  return define_config(), workdir
 
 
 def define_model_flags(workdir_help: str = "Training workdir (checkpoints/) or exported "
@@ -107,13 +115,39 @@ def _attribute_flags_to_main() -> None:
       flags.FLAGS.register_key_flag_for_module(main_module, flag)
 
 
-def run(job: Callable[[], object]) -> None:
+# JAX's persistent compilation cache: a resumed, re-launched or repeated job loads the
+# programs it compiled before instead of compiling them again. Tests point it at a temporary
+# folder through the environment variable.
+COMPILATION_CACHE_ENV = "ECGCLIP_COMPILATION_CACHE_DIR"
+DEFAULT_COMPILATION_CACHE = os.path.join("~", ".cache", "ecgclip_jax", "xla")
+
+
+def _define_compilation_cache_flag():
+  return flags.DEFINE_string(
+      "compilation_cache_dir",
+      os.environ.get(COMPILATION_CACHE_ENV, DEFAULT_COMPILATION_CACHE),
+      f"Persistent XLA compilation cache (local or gs://); '' turns it off. Default: "
+      f"${COMPILATION_CACHE_ENV}, else {DEFAULT_COMPILATION_CACHE}.")
+
+
+def use_compilation_cache(path: str) -> None:
+  if path:
+    jax.config.update("jax_compilation_cache_dir",
+                      path if "://" in path else os.path.expanduser(path))
+
+
+def run(job: Callable[[], object], compilation_cache: bool = True) -> None:
   """absl's app.run, with library INFO logs (Orbax, TFDS) hidden unless --verbosity is set,
   so the console shows the job's own progress lines. A user error (bad config, missing
-  folder, unwritable workdir) ends with one line; --verbosity=1 shows its traceback."""
+  folder, unwritable workdir) ends with one line; --verbosity=1 shows its traceback. With
+  `compilation_cache` the command takes --compilation_cache_dir (on by default)."""
+  cache_dir = _define_compilation_cache_flag() if compilation_cache else None
+
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if cache_dir is not None:
+      use_compilation_cache(cache_dir.value)
     verbose = flags.FLAGS["verbosity"].present
     if not verbose:
       logging.set_verbosity(logging.WARNING)

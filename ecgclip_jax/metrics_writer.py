@@ -9,7 +9,6 @@ import os
 
 import jax
 from etils import epath
-from tensorboardX import SummaryWriter
 
 
 def read_jsonl_until(path: epath.Path, step: int) -> str:
@@ -30,6 +29,8 @@ class MetricWriter:
   def __init__(self, workdir: str, first_step: int = 0):
     self._active = jax.process_index() == 0
     if self._active:
+      from tensorboardX import SummaryWriter  # only process 0 writes events
+
       self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
       self._jsonl_path = epath.Path(workdir) / "metrics.jsonl"
       self._remote = "://" in workdir

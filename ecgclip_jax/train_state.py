@@ -143,7 +143,7 @@ class Trainer:
   def model(self, params: Params, model_state: Params) -> clip.ECGCLIP:
     return self.model_def.model(params, model_state)
 
-  def _embed(self, trainable: Params, frozen: Params, model_state: Params,
+  def embed_batch(self, trainable: Params, frozen: Params, model_state: Params,
              batch: dict[str, jax.Array], dropout_key: jax.Array):
     """Train-mode unit embeddings `(ecg, text)` of a (micro)batch, and the new BatchNorm
     statistics. Dropout only where the text tower trains."""
@@ -153,7 +153,7 @@ class Trainer:
     text_emb = model.encode_text(batch["input_ids"], batch["attention_mask"], dropout_rngs)
     return (ecg_emb, text_emb), nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
 
-  def _loss(self, params: Params, model_state: Params, embeddings) -> jax.Array:
+  def batch_loss(self, params: Params, model_state: Params, embeddings) -> jax.Array:
     """The configured loss of the whole global batch; the parameters enter only through the
     logit scale and bias."""
     model = self.model(params, model_state)
@@ -200,11 +200,11 @@ class Trainer:
     # The dropout key is a pure function of (seed, step).
     dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     k = self.config.grad_accum_steps
-    loss_of = lambda trainable, embeddings: self._loss(combine(trainable, frozen),
+    loss_of = lambda trainable, embeddings: self.batch_loss(combine(trainable, frozen),
                                                        state.model_state, embeddings)
     if k == 1:
       def loss_fn(trainable):
-        embeddings, model_state = self._embed(trainable, frozen, state.model_state, batch,
+        embeddings, model_state = self.embed_batch(trainable, frozen, state.model_state, batch,
                                               dropout_key)
         return loss_of(trainable, embeddings), model_state
 
@@ -212,7 +212,7 @@ class Trainer:
       return loss, grads, model_state
 
     def embed(trainable, model_state, microbatch, index):
-      return self._embed(trainable, frozen, model_state, microbatch,
+      return self.embed_batch(trainable, frozen, model_state, microbatch,
                          jax.random.fold_in(dropout_key, index))
 
     micro = (self.microbatches(batch), jnp.arange(k))
@@ -233,6 +233,13 @@ class Trainer:
     (grads, model_state), _ = jax.lax.scan(
         accumulate, (grads, state.model_state), (*micro, self.microbatches(emb_grads)))
     return loss, grads, model_state
+
+  def sharded_step(self, shardings: TrainState):
+    """`train_step` jitted as training runs it: the state placed by `shardings` and donated,
+    the batch's rows over the mesh's batch axes, the metrics replicated."""
+    return jax.jit(self.train_step,
+                   in_shardings=(shardings, parallel.batch_sharding(self.mesh)),
+                   out_shardings=(shardings, parallel.replicated(self.mesh)), donate_argnums=0)
 
   def train_step(self, state: TrainState, batch: dict[str, jax.Array]):
     loss, grads, model_state = self.loss_and_grads(state, batch)

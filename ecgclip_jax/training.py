@@ -57,7 +57,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Model and state: resumed from the newest intact checkpoint, or fresh; sharded by the
   # FSDP rule.
   # =====================================================================================
-  replicated = parallel.replicated(mesh)
   shardings = parallel.state_shardings(shapes, mesh, config.sharding.fsdp_min_size)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           shapes, shardings)
@@ -94,8 +93,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # =====================================================================================
   # Training loop.
   # =====================================================================================
-  step_fn = jax.jit(trainer.train_step, in_shardings=(shardings, parallel.batch_sharding(mesh)),
-                    out_shardings=(shardings, replicated), donate_argnums=0)
+  step_fn = trainer.sharded_step(shardings)
   first_step = int(state.step)
   writer = MetricWriter(workdir, first_step)
   nonfinite_steps = nonfinite.NonFiniteSteps(config.nonfinite, workdir, first_step, log)

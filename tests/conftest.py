@@ -4,6 +4,7 @@
 import json
 import os
 import shutil
+import tempfile
 
 import jax
 import pytest
@@ -11,6 +12,11 @@ import pytest
 from train_runs import make_tiny_config
 
 jax.config.update("jax_num_cpu_devices", 8)
+# One compilation cache for the whole test run, in these processes and in every command a
+# test starts (cli.COMPILATION_CACHE_ENV): the many tiny runs compile each program once.
+os.environ.setdefault("ECGCLIP_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"ecgclip_jax-tests-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}"))
+jax.config.update("jax_compilation_cache_dir", os.environ["ECGCLIP_COMPILATION_CACHE_DIR"])
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

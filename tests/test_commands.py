@@ -13,8 +13,8 @@ BIN = os.path.dirname(sys.executable)
 
 # module -> (flags its --help must list, whether it is an absl command)
 COMMANDS = {
-    "ecgclip_jax.train": (["config", "workdir", "coordinator_address", "num_processes",
-                           "process_id", "initialization_timeout_s"], True),
+    "ecgclip_jax.train": (["config", "workdir", "compilation_cache_dir", "coordinator_address",
+                           "num_processes", "process_id", "initialization_timeout_s"], True),
     "ecgclip_jax.evaluate": (["config", "workdir", "step", "watch", "poll_seconds",
                               "idle_timeout", "embedding_map", "map_max_points"], True),
     "ecgclip_jax.probe": (["config", "workdir", "step", "tasks", "out", "methods", "fractions",
@@ -25,10 +25,12 @@ COMMANDS = {
     "ecgclip_jax.compare": (["metric", "out", "per_task"], False),
     "ecgclip_jax.loss_benchmark": (["devices", "batch_sizes", "embed_dim"], False),
     "ecgclip_jax.remat_benchmark": (["num_samples", "batch_size", "arch"], False),
+    "ecgclip_jax.benchmark": (["config", "steps", "json", "parts", "pipeline_workers", "torch"],
+                              True),
 }
 SCRIPTS = ["ecgclip-train", "ecgclip-evaluate", "ecgclip-probe", "ecgclip-predict",
            "ecgclip-export", "ecgclip-explain", "ecgclip-compare", "ecgclip-loss-benchmark",
-           "ecgclip-remat-benchmark"]
+           "ecgclip-remat-benchmark", "ecgclip-benchmark"]
 # Scripts whose --help runs too (each run costs a jax/tfds import): the command module's flags
 # are then not registered under the main module, which cli.run must make up for.
 SCRIPT_RUNS = {"ecgclip-train": ["config", "workdir", "coordinator_address"]}

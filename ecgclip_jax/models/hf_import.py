@@ -12,7 +12,6 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file
 
 from ecgclip_jax.models.bert import BertConfig, BertEncoder
 
@@ -122,6 +121,8 @@ def load_bert_weights(model: BertEncoder, folder: str | Path) -> None:
     raise FileNotFoundError(
       f"{WEIGHTS_FILE} not found in text encoder folder {folder} (only safetensors is supported)"
     )
+  from safetensors.numpy import load_file  # the train step and benchmarks never load weights
+
   tensors = _strip(load_file(str(weights_file)))
   params = nnx.to_flat_state(nnx.state(model, nnx.Param))
   wanted = {path: _hf_name(path) for path, _ in params}

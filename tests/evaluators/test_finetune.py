@@ -92,7 +92,7 @@ def test_training_learns_the_planted_label(data, trained):
   model, lines = trained
   h = model.history
   assert len(lines) == len(h["val_loss"]) == h["epochs"] == CONFIG.max_epochs
-  assert lines[0].startswith("fine-tune epoch 1 step 8: train loss") and "val loss" in lines[0]
+  assert lines[0].startswith(f"fine-tune epoch 1/{CONFIG.max_epochs} step 8: train loss") and "val loss" in lines[0]
   assert h["train_loss"][-1] < 0.3 * h["train_loss"][0]
   assert h["best_val_loss"] == min(h["val_loss"]) < 0.5
   _, _, val, val_labels = data
