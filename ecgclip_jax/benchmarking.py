@@ -276,9 +276,10 @@ def pipeline_rates(config: ml_collections.ConfigDict, worker_counts: list[int],
 # The PyTorch reference (benchmark extra: torch, transformers).
 # ---------------------------------------------------------------------------------------
 
-def torch_rates(config: ml_collections.ConfigDict, steps: int) -> dict[str, Any]:
+def torch_rates(config: ml_collections.ConfigDict, steps: int,
+                modes: tuple[str, ...] = ("eager", "compiled")) -> dict[str, Any]:
   """Examples/s of the PyTorch reference of the same model and step (torch_reference.py),
-  eager and torch.compile'd, on the GPU when JAX runs on one, and its parameter counts."""
+  eager and/or torch.compile'd, on the GPU when JAX runs on one, and its parameter counts."""
   import torch
 
   from ecgclip_jax import torch_reference
@@ -290,7 +291,7 @@ def torch_rates(config: ml_collections.ConfigDict, steps: int) -> dict[str, Any]
     torch.backends.cudnn.benchmark = True
   text_config = torch_reference.load_text_config(config)
   result: dict[str, Any] = {"device": device}
-  for mode in ("eager", "compiled"):
+  for mode in modes:
     model, optimizer = torch_reference.build(config, text_config, device)
     result["parameters"] = torch_reference.parameter_counts(model)
     step = torch_reference.make_step(model, optimizer, config, compile=mode == "compiled")
@@ -321,6 +322,7 @@ def jax_parameter_counts(trainer: train_state.Trainer) -> dict[str, int]:
 
 def benchmark(config: ml_collections.ConfigDict, steps: int, *, parts: bool = True,
               pipeline_workers: list[int] | None = None, compare_torch: bool = False,
+              torch_modes: tuple[str, ...] = ("eager", "compiled"),
               log: Callable[[str], None] = print) -> dict[str, Any]:
   """Measures the train step (and, if asked, its parts, the input pipeline and the PyTorch
   reference), logs a readable summary and returns every figure."""
@@ -373,13 +375,13 @@ def benchmark(config: ml_collections.ConfigDict, steps: int, *, parts: bool = Tr
       log(f"input pipeline, {workers} grain workers: {rate:,.1f} examples/s per core "
           f"({total_rate:,.1f} in all; pipeline / step = {total_rate / per_process_step:.2f})")
   if compare_torch:
-    reference = torch_rates(config, steps)
+    reference = torch_rates(config, steps, torch_modes)
     result["torch"] = reference
     ours = jax_parameter_counts(bench.trainer)
     log(f"PyTorch reference on {reference['device']}: parameters {reference['parameters']} "
         f"({'the same as' if reference['parameters'] == ours else 'DIFFERENT from'} JAX's {ours})")
     jax_rate = step.examples_per_s_per_chip * step.devices
-    for mode in ("eager", "compiled"):
+    for mode in torch_modes:
       rate = reference[f"{mode}_examples_per_s"]
       result[f"jax_over_torch_{mode}"] = jax_rate / rate
       log(f"PyTorch {mode}: {reference[f'{mode}_step_ms_median']:.1f} ms/step, {rate:,.1f} "
