@@ -60,6 +60,10 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
     return
   jax.distributed.initialize(coordinator_address or None, num_processes or None,
                              None if process_id < 0 else process_id, **timeouts)
+  if jax.process_count() > 1 and jax.default_backend() == "cpu":
+    # CPU collectives (Gloo) give every process 30 s to reach the first one: a process that
+    # loads its programs from the compilation cache while another compiles can miss that.
+    jax.config.update("jax_compilation_cache_dir", None)
 
 
 def _wait_for_coordinator(address: str, timeout_s: int) -> None:
