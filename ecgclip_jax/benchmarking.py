@@ -290,12 +290,13 @@ def torch_rates(config: ml_collections.ConfigDict, steps: int,
     torch.set_float32_matmul_precision("high")
     torch.backends.cudnn.benchmark = True
   text_config = torch_reference.load_text_config(config)
+  inputs = synthetic_batch(config)  # the very inputs the JAX step is timed on
   result: dict[str, Any] = {"device": device}
   for mode in modes:
     model, optimizer = torch_reference.build(config, text_config, device)
     result["parameters"] = torch_reference.parameter_counts(model)
     step = torch_reference.make_step(model, optimizer, config, compile=mode == "compiled")
-    batch = torch_reference.synthetic_batch(config, device)
+    batch = {name: torch.from_numpy(x).to(device) for name, x in inputs.items()}
     start = time.perf_counter()
     step(batch)
     sync()

@@ -224,16 +224,3 @@ def make_step(model: Reference, optimizer: torch.optim.Optimizer, config, compil
 def load_text_config(config) -> dict:
   """The Hugging Face config.json of the config's text encoder folder (`build`'s argument)."""
   return json.loads((Path(build_lib.text_encoder_dir(config)) / "config.json").read_text())
-
-
-def synthetic_batch(config, device: str = "cpu", seed: int = 0,
-                    vocab_size: int | None = None) -> dict[str, torch.Tensor]:
-  """Random inputs of the config's shapes: ids in [1000, vocab_size) (default: the text
-  encoder folder's vocabulary), no padding."""
-  vocab_size = vocab_size or load_text_config(config)["vocab_size"]
-  g = torch.Generator().manual_seed(seed)
-  b, length = config.batch_size, config.text.max_length
-  batch = {"ecg": torch.randn(b, config.data.num_samples, 12, generator=g),
-           "input_ids": torch.randint(1000, vocab_size, (b, length), generator=g),
-           "attention_mask": torch.ones(b, length, dtype=torch.int64)}
-  return {k: v.to(device) for k, v in batch.items()}

@@ -144,7 +144,7 @@ class Trainer:
     return self.model_def.model(params, model_state)
 
   def embed_batch(self, trainable: Params, frozen: Params, model_state: Params,
-             batch: dict[str, jax.Array], dropout_key: jax.Array):
+                  batch: dict[str, jax.Array], dropout_key: jax.Array):
     """Train-mode unit embeddings `(ecg, text)` of a (micro)batch, and the new BatchNorm
     statistics. Dropout only where the text tower trains."""
     dropout_rngs = nnx.Rngs(dropout=dropout_key) if self.text_trains else None
@@ -201,11 +201,11 @@ class Trainer:
     dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     k = self.config.grad_accum_steps
     loss_of = lambda trainable, embeddings: self.batch_loss(combine(trainable, frozen),
-                                                       state.model_state, embeddings)
+                                                            state.model_state, embeddings)
     if k == 1:
       def loss_fn(trainable):
-        embeddings, model_state = self.embed_batch(trainable, frozen, state.model_state, batch,
-                                              dropout_key)
+        embeddings, model_state = self.embed_batch(trainable, frozen, state.model_state,
+                                                   batch, dropout_key)
         return loss_of(trainable, embeddings), model_state
 
       (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
@@ -213,7 +213,7 @@ class Trainer:
 
     def embed(trainable, model_state, microbatch, index):
       return self.embed_batch(trainable, frozen, model_state, microbatch,
-                         jax.random.fold_in(dropout_key, index))
+                              jax.random.fold_in(dropout_key, index))
 
     micro = (self.microbatches(batch), jnp.arange(k))
     # (a) Train-mode outputs do not read the running statistics: (c) alone updates them.

@@ -3,26 +3,11 @@ its train step trains. Skipped where torch is not installed (CI)."""
 
 import math
 
-import jax
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from ecgclip_jax import torch_reference, train_state  # noqa: E402
-from ecgclip_jax.models import build  # noqa: E402
-
-
-def _jax_counts(config):
-  model_def = build.ModelDef(config)
-  params = model_def.abstract_weights[0]
-  mask = train_state.trainable_mask(params, config.text.trainable_top_layers,
-                                    model_def.num_text_layers)
-  size = lambda tree: sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
-  return {"ecg": size(params["ecg_encoder"]) + size(params["ecg_projection"]),
-          "text": size(params["text_encoder"]) + size(params["text_projection"]),
-          "total": size(params),
-          "trainable": sum(math.prod(x.shape) for x, m in
-                           zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m)}
+from ecgclip_jax import benchmarking, torch_reference, train_state  # noqa: E402
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet34"])
@@ -31,7 +16,8 @@ def test_parameter_counts_match_the_jax_model(tiny_config, arch, top):
   tiny_config.ecg.arch = arch
   tiny_config.text.trainable_top_layers = top
   model, _ = torch_reference.build(tiny_config, torch_reference.load_text_config(tiny_config))
-  assert torch_reference.parameter_counts(model) == _jax_counts(tiny_config)
+  assert torch_reference.parameter_counts(model) == benchmarking.jax_parameter_counts(
+      train_state.Trainer(tiny_config))
 
 
 @pytest.mark.parametrize("top,dtype", [(1, "float32"), (0, "float32"), (-1, "bfloat16")])
@@ -44,7 +30,7 @@ def test_steps_lower_the_loss_and_train_only_the_trainable(tiny_config, top, dty
   model, optimizer = torch_reference.build(c, torch_reference.load_text_config(c))
   before = {n: p.detach().clone() for n, p in model.named_parameters()}
   step = torch_reference.make_step(model, optimizer, c)
-  batch = torch_reference.synthetic_batch(c, seed=1)
+  batch = {name: torch.from_numpy(x) for name, x in benchmarking.synthetic_batch(c, seed=1).items()}
   losses = [step(batch).item() for _ in range(6)]
   assert all(math.isfinite(x) for x in losses)
   assert losses[-1] < losses[0] - 0.1, losses
