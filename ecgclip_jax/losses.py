@@ -3,7 +3,8 @@
 - "clip": symmetric softmax CLIP written globally; under `jax.jit` with batch-sharded
   embeddings XLA gathers what the similarity matrix needs (docs/architecture.md, "One global batch").
 - "clip_shard_map": the same value with explicit communication: each device all-gathers the
-  other tower and scores only its own rows, so its logits are `n x N`, never `N x N`.
+  reports and scores only its own ECG rows, so its logits are one `n x N` block, never
+  `N x N`; the report-to-ECG term adds up per-device column log-sum-exps.
 - "siglip": the sigmoid loss of Zhai et al. 2023, with report blocks passed around a ring of
   devices, so each device holds one `n x n` block of logits at a time.
 
@@ -74,14 +75,21 @@ def _batch_shard_map(local_fn, mesh: Mesh | None, num_scalars: int):
 
 
 def _local_clip_sum(ecg_rows, text_rows, logit_scale, *, axes):
-  """Cross-entropy summed over this device's ECG rows and its report rows, against all."""
+  """Both cross-entropies from one `n x N` block: this device's ECG rows against all reports.
+
+  A report's column spans every device's block, so its log-sum-exp is assembled from
+  per-device length-N vectors (column max, then the sum of exponentials under the shared
+  max): scoring the report rows against all ECGs too would double the logits and the FLOPs.
+  The max only stabilises, so `stop_gradient` on it leaves the gradient exact.
+  """
   targets = jax.lax.axis_index(axes) * ecg_rows.shape[0] + jnp.arange(ecg_rows.shape[0])
-  all_text = jax.lax.all_gather(text_rows, axes, tiled=True)
-  all_ecg = jax.lax.all_gather(ecg_rows, axes, tiled=True)
-  ecg_to_text = optax.softmax_cross_entropy_with_integer_labels(
-      clip_logits(ecg_rows, all_text, logit_scale), targets)
-  text_to_ecg = optax.softmax_cross_entropy_with_integer_labels(
-      clip_logits(text_rows, all_ecg, logit_scale), targets)
+  logits = clip_logits(ecg_rows, jax.lax.all_gather(text_rows, axes, tiled=True), logit_scale)
+  positives = jnp.take_along_axis(logits, targets[:, None], axis=1)[:, 0]
+  column_max = jax.lax.pmax(jax.lax.stop_gradient(logits.max(axis=0)), axes)
+  column_lse = column_max + jnp.log(
+      jax.lax.psum(jnp.exp(logits - column_max).sum(axis=0), axes))
+  ecg_to_text = jax.nn.logsumexp(logits, axis=1) - positives
+  text_to_ecg = column_lse[targets] - positives  # this device's reports are columns `targets`
   return jax.lax.psum(ecg_to_text.sum() + text_to_ecg.sum(), axes)
 
 
