@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
 from ecgclip_jax import parallel, train_state
 from ecgclip_jax.models import bert as bert_lib
@@ -225,8 +224,7 @@ class StepBench:
         model = trainer.model(train_state.combine(trainable, frozen), state.model_state)
         if which == "ecg":
           return model.encode_ecg(batch["ecg"], train=True)
-        dropout = nnx.Rngs(dropout=0) if trainer.text_trains else None  # inside the trace
-        return model.encode_text(batch["input_ids"], batch["attention_mask"], dropout)
+        return trainer.train_text_embeddings(model, batch, jax.random.key(0))
 
       def forward_backward(trainable):
         emb, pullback = jax.vjp(embed, trainable)

@@ -52,6 +52,9 @@ def default_config() -> ml_collections.ConfigDict:
       max_length=64,
       pooling="mean",  # one of bert.POOLING_METHODS: "mean" or "cls"
       trainable_top_layers=-1,  # -1: whole text tower trains; 0: frozen; k: top k layers train
+      # Dropout in the frozen layers below the trainable ones, as in a Hugging Face model in
+      # train mode (MERL's code too). False: they run as a fixed feature extractor (faster).
+      frozen_layers_dropout=True,
   )
   c.ecg = dict(
       arch="resnet18",  # one of resnet1d.STAGE_DEPTHS: "resnet18" or "resnet34"

@@ -28,6 +28,7 @@ import transformers
 from torch import nn
 from torch.nn import functional as F
 
+from ecgclip_jax import train_state
 from ecgclip_jax.models import build as build_lib
 from ecgclip_jax.models import resnet1d
 
@@ -124,26 +125,28 @@ class Reference(nn.Module):
     self.text_pooling = config.text.pooling
     self.compute_dtype = torch.bfloat16 if config.model.dtype == "bfloat16" else torch.float32
     self.text_trains = True  # set by `freeze_text`
+    self.deterministic_modules: list[nn.Module] = []  # frozen, and run without dropout
 
-  def freeze_text(self, trainable_top_layers: int) -> None:
-    """train_state.trainable_mask's policy: the top k layers train; k < 0 or k > layers:
-    the whole tower, embeddings included."""
+  def freeze_text(self, trainable_top_layers: int, frozen_layers_dropout: bool = True) -> None:
+    """train_state's freezing policy (`first_trainable_text_layer`), and its dropout: none
+    when no text layer trains, and none in the frozen layers unless `frozen_layers_dropout`."""
     layers = self.text_encoder.encoder.layer
-    if trainable_top_layers < 0 or trainable_top_layers > len(layers):
-      trainable_top_layers = len(layers) + 1
-    first = len(layers) - trainable_top_layers
+    first = train_state.first_trainable_text_layer(trainable_top_layers, len(layers))
     for p in self.text_encoder.embeddings.parameters():
       p.requires_grad_(first < 0)
     for i, layer in enumerate(layers):
       for p in layer.parameters():
         p.requires_grad_(i >= first)
     self.text_trains = any(p.requires_grad for p in self.text_encoder.parameters())
+    frozen = [] if first < 0 else [self.text_encoder.embeddings, *layers[:first]]
+    self.deterministic_modules = ([self.text_encoder] if not self.text_trains else
+                                  [] if frozen_layers_dropout else frozen)
 
   def train(self, mode: bool = True):
-    """As the JAX trainer: text dropout only when some text layer trains."""
     super().train(mode)
-    if mode and not self.text_trains:
-      self.text_encoder.eval()
+    if mode:
+      for module in self.deterministic_modules:
+        module.eval()
     return self
 
   def scale(self) -> torch.Tensor:
@@ -177,7 +180,7 @@ def build(config, text_config: dict, device: str = "cpu") -> tuple[Reference, to
   """The model on `device` with the JAX trainer's frozen parameters frozen, and AdamW over
   the trainable ones (weight decay on ndim >= 2 only; constant learning rate; fused on CUDA)."""
   model = Reference(config, text_config)
-  model.freeze_text(config.text.trainable_top_layers)
+  model.freeze_text(config.text.trainable_top_layers, config.text.frozen_layers_dropout)
   model.to(device)
   trainable = [p for p in model.parameters() if p.requires_grad]
   o = config.optim

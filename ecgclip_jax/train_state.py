@@ -37,11 +37,17 @@ class TrainState:
 # Which parameters train, and which decay.
 # ---------------------------------------------------------------------------------------
 
-def trainable_mask(params: Params, trainable_top_layers: int, num_text_layers: int) -> Params:
-  """True for parameters the optimizer updates (the text-tower freezing policy)."""
+def first_trainable_text_layer(trainable_top_layers: int, num_text_layers: int) -> int:
+  """The text-tower freezing policy: layers from this index up train; -1: the embeddings
+  too (the whole tower); `num_text_layers`: none."""
   if trainable_top_layers < 0 or trainable_top_layers > num_text_layers:
     trainable_top_layers = num_text_layers + 1  # +1: the embeddings train too
-  first_trainable = num_text_layers - trainable_top_layers
+  return num_text_layers - trainable_top_layers
+
+
+def trainable_mask(params: Params, trainable_top_layers: int, num_text_layers: int) -> Params:
+  """True for parameters the optimizer updates (the text-tower freezing policy)."""
+  first_trainable = first_trainable_text_layer(trainable_top_layers, num_text_layers)
 
   def is_trainable(path, _):
     name = build.path_str(path)
@@ -120,6 +126,10 @@ class Trainer:
     self.text_trains = any(
         m for path, m in jax.tree_util.tree_leaves_with_path(self.mask)
         if build.path_str(path).startswith("text_encoder/"))
+    # Frozen layers without dropout are a fixed feature extractor (text.frozen_layers_dropout).
+    self.first_dropout_layer = (-1 if config.text.frozen_layers_dropout else
+                                first_trainable_text_layer(config.text.trainable_top_layers,
+                                                           self.num_text_layers))
     self.tx = make_optimizer(config)
 
   def init(self, rng: jax.Array, load_pretrained_text: bool) -> TrainState:
@@ -147,11 +157,18 @@ class Trainer:
                   batch: dict[str, jax.Array], dropout_key: jax.Array):
     """Train-mode unit embeddings `(ecg, text)` of a (micro)batch, and the new BatchNorm
     statistics. Dropout only where the text tower trains."""
-    dropout_rngs = nnx.Rngs(dropout=dropout_key) if self.text_trains else None
     model = self.model(combine(trainable, frozen), model_state)
     ecg_emb = model.encode_ecg(batch["ecg"], train=True)
-    text_emb = model.encode_text(batch["input_ids"], batch["attention_mask"], dropout_rngs)
-    return (ecg_emb, text_emb), nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+    return ((ecg_emb, self.train_text_embeddings(model, batch, dropout_key)),
+            nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+
+  def train_text_embeddings(self, model: clip.ECGCLIP, batch: dict[str, jax.Array],
+                            dropout_key: jax.Array) -> jax.Array:
+    """Train-mode report embeddings: dropout only where the text tower trains (and not in
+    its frozen layers unless text.frozen_layers_dropout)."""
+    dropout_rngs = nnx.Rngs(dropout=dropout_key) if self.text_trains else None
+    return model.encode_text(batch["input_ids"], batch["attention_mask"], dropout_rngs,
+                             self.first_dropout_layer)
 
   def batch_loss(self, params: Params, model_state: Params, embeddings) -> jax.Array:
     """The configured loss of the whole global batch; the parameters enter only through the

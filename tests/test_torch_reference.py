@@ -37,3 +37,22 @@ def test_steps_lower_the_loss_and_train_only_the_trainable(tiny_config, top, dty
   for name, p in model.named_parameters():
     assert torch.equal(p, before[name]) != p.requires_grad, name
   assert model.text_encoder.training == (top != 0)  # text dropout only where text trains
+
+
+
+@pytest.mark.parametrize("top,frozen_dropout,first_dropout_layer,in_train_mode", [
+    (1, True, -1, ["embeddings", "layer 0", "layer 1"]), (1, False, 1, ["layer 1"]),
+    (-1, False, -1, ["embeddings", "layer 0", "layer 1"]), (0, True, -1, [])])
+def test_text_dropout_where_the_jax_trainer_has_it(tiny_config, top, frozen_dropout,
+                                                   first_dropout_layer, in_train_mode):
+  """Frozen text layers run in eval mode unless text.frozen_layers_dropout (the JAX
+  trainer's first_dropout_layer), and none drops out when no text layer trains."""
+  tiny_config.text.trainable_top_layers = top
+  tiny_config.text.frozen_layers_dropout = frozen_dropout
+  assert train_state.Trainer(tiny_config).first_dropout_layer == first_dropout_layer
+  model, _ = torch_reference.build(tiny_config, torch_reference.load_text_config(tiny_config))
+  model.train()
+  text = model.text_encoder
+  modules = {"embeddings": text.embeddings} | {
+      f"layer {i}": layer for i, layer in enumerate(text.encoder.layer)}
+  assert [name for name, m in modules.items() if m.training] == in_train_mode

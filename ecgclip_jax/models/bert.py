@@ -201,13 +201,17 @@ class BertEncoder(nnx.Module):
     )
 
   def __call__(
-    self, input_ids: jax.Array, attention_mask: jax.Array, *, dropout_rngs: nnx.Rngs | None = None
+    self, input_ids: jax.Array, attention_mask: jax.Array, *, dropout_rngs: nnx.Rngs | None = None,
+    first_dropout_layer: int = -1,
   ) -> jax.Array:
+    """Dropout (given `dropout_rngs`) from layer `first_dropout_layer` up, the embeddings
+    being layer -1: the layers below run as a fixed feature extractor."""
     # Additive key bias [B, 1, 1, L]: 0 for real tokens, float32 min for padding (as HF does).
     mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
-    x = self.embeddings(input_ids, dropout_rngs=dropout_rngs)
-    for layer in self.layers:
-      x = layer(x, mask_bias, dropout_rngs=dropout_rngs)
+    rngs_at = lambda index: None if index < first_dropout_layer else dropout_rngs
+    x = self.embeddings(input_ids, dropout_rngs=rngs_at(-1))
+    for index, layer in enumerate(self.layers):
+      x = layer(x, mask_bias, dropout_rngs=rngs_at(index))
     return x
 
 

@@ -51,9 +51,11 @@ class ECGCLIP(nnx.Module):
     return l2_normalize(self.ecg_projection(self.ecg_encoder(ecg, train=train)))
 
   def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array,
-                  dropout_rngs: nnx.Rngs | None = None) -> jax.Array:
-    """Report embeddings; dropout runs only when `dropout_rngs` is given (training)."""
-    hidden = self.text_encoder(input_ids, attention_mask, dropout_rngs=dropout_rngs)
+                  dropout_rngs: nnx.Rngs | None = None, first_dropout_layer: int = -1) -> jax.Array:
+    """Report embeddings; dropout runs only when `dropout_rngs` is given (training), and from
+    `first_dropout_layer` up (see bert.BertEncoder)."""
+    hidden = self.text_encoder(input_ids, attention_mask, dropout_rngs=dropout_rngs,
+                               first_dropout_layer=first_dropout_layer)
     pooled = bert_lib.pool(hidden, attention_mask, self.text_pooling)
     return l2_normalize(self.text_projection(pooled))
 

@@ -104,6 +104,25 @@ def test_dropout_only_with_dropout_rngs():
   assert not np.allclose(model(ids, mask, dropout_rngs=nnx.Rngs(dropout=1)), model(ids, mask))
 
 
+@pytest.mark.parametrize("first", [-1, 0, 1])
+def test_dropout_from_first_dropout_layer_up(first):
+  """The layers below `first_dropout_layer` (the embeddings are layer -1) run as in
+  inference, and the dropout stream is spent only from that layer up."""
+  model = BertEncoder(TINY, rngs=nnx.Rngs(0))
+  ids = jnp.asarray(np.random.default_rng(2).integers(1, TINY.vocab_size, size=(2, 6)), jnp.int32)
+  mask = jnp.ones((2, 6), jnp.int32)
+  mask_bias = jnp.zeros((2, 1, 1, 6))
+  rngs_at = lambda index, rngs: rngs if index >= first else None
+  dropout = nnx.Rngs(dropout=3)
+  x = model.embeddings(ids, dropout_rngs=rngs_at(-1, dropout))
+  for index, layer in enumerate(model.layers):
+    x = layer(x, mask_bias, dropout_rngs=rngs_at(index, dropout))
+  got = model(ids, mask, dropout_rngs=nnx.Rngs(dropout=3), first_dropout_layer=first)
+  np.testing.assert_array_equal(got, x)
+  if first >= 0:  # dropout everywhere gives another result
+    assert not np.allclose(got, model(ids, mask, dropout_rngs=nnx.Rngs(dropout=3)))
+
+
 def test_pooling_matches_numpy():
   rng = np.random.default_rng(1)
   hidden = rng.normal(size=(3, 5, 4)).astype(np.float32)
