@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime
 import os
 import pathlib
 
 import numpy as np
 import wfdb
+from wfdb.io import header as wfdb_header
 
 from ecgclip_jax.data.skips import SkipRecord
 
@@ -39,16 +41,22 @@ def units_to_mv(units: str) -> float:
 
 
 def read_wfdb(record_path: str | os.PathLike) -> RawSignal:
-  """A WFDB record (`path/NAME` for NAME.hea; its signal file may be .dat or CinC's .mat)."""
+  """A WFDB record (`path/NAME` for NAME.hea; its signal file may be .dat or CinC's .mat).
+
+  The common layout (every signal in format 16 in one file: PTB-XL, MIMIC-IV-ECG, the CinC
+  challenges) is read directly with numpy, giving exactly wfdb's values without wfdb's slow
+  header parsing; any other header goes through `wfdb.rdheader` and `wfdb.rdrecord`."""
   record_path = str(record_path)
   for suffix in (".hea", ".dat", ".mat"):
     record_path = record_path.removesuffix(suffix)
   if not os.path.exists(record_path + ".hea"):
     raise SkipRecord("missing_file", f"{record_path}.hea")
-  try:
-    header = wfdb.rdheader(record_path)
-  except Exception as e:  # wfdb raises bare ValueError/IndexError on malformed headers
-    raise SkipRecord("unreadable_signal", f"{record_path}.hea: {e}") from None
+  header = _format16_header(record_path + ".hea")
+  if header is None:
+    try:
+      header = wfdb.rdheader(record_path)
+    except Exception as e:  # wfdb raises bare ValueError/IndexError on malformed headers
+      raise SkipRecord("unreadable_signal", f"{record_path}.hea: {e}") from None
   if not getattr(header, "file_name", None):  # a multi-segment header has none
     raise SkipRecord("unsupported_format", f"{record_path}.hea names no signal file")
   if len(header.file_name) != header.n_sig:
@@ -59,13 +67,16 @@ def read_wfdb(record_path: str | os.PathLike) -> RawSignal:
     if not (directory / name).exists():
       raise SkipRecord("missing_file", str(directory / name))
   _check_file_sizes(header, directory)
-  try:
-    record = wfdb.rdrecord(record_path)
-  except ValueError as e:  # numpy's reshape error: fewer bytes than the header promises
-    raise SkipRecord("unreadable_signal", f"{record_path}: {e}") from None
-  except Exception as e:
-    raise SkipRecord("unreadable_signal", f"{record_path}: {type(e).__name__}: {e}") from None
-  signal = record.p_signal
+  if isinstance(header, _Format16Header):
+    signal, record = header.read(directory), header
+  else:
+    try:
+      record = wfdb.rdrecord(record_path)
+    except ValueError as e:  # numpy's reshape error: fewer bytes than the header promises
+      raise SkipRecord("unreadable_signal", f"{record_path}: {e}") from None
+    except Exception as e:
+      raise SkipRecord("unreadable_signal", f"{record_path}: {type(e).__name__}: {e}") from None
+    signal = record.p_signal
   if signal is None or signal.ndim != 2 or signal.shape[0] == 0:
     raise SkipRecord("unreadable_signal", f"{record_path}: no samples")
   if header.sig_len and signal.shape[0] != header.sig_len:
@@ -74,6 +85,91 @@ def read_wfdb(record_path: str | os.PathLike) -> RawSignal:
   factors = np.array([units_to_mv(u or "mV") for u in record.units])
   return RawSignal(signal_mv=signal * factors, fs=float(record.fs),
                    lead_names=list(record.sig_name), comments=list(record.comments or []))
+
+
+@dataclasses.dataclass
+class _Format16Header:
+  """A single-segment header whose signals all lie in one format 16 file (one sample per
+  frame, no skew), with the fields `wfdb.rdheader` would give it (the same names)."""
+
+  n_sig: int
+  fs: float
+  sig_len: int
+  file_name: list[str]
+  fmt: list[str]
+  samps_per_frame: list[int]
+  byte_offset: list[int]
+  adc_gain: list[float]
+  baseline: list[int]
+  units: list[str]
+  sig_name: list[str]
+  comments: list[str]
+
+  def read(self, directory: pathlib.Path) -> np.ndarray:
+    """The physical signal [T, C] float64, computed as wfdb's `Record.dac` computes it:
+    (digital - baseline) / gain, NaN where the sample holds format 16's missing value."""
+    digital = np.fromfile(directory / self.file_name[0], dtype="<i2",
+                          count=self.sig_len * self.n_sig, offset=self.byte_offset[0])
+    digital = digital.reshape(self.sig_len, self.n_sig)
+    physical = digital.astype(np.float64)
+    np.subtract(physical, self.baseline, physical)
+    np.divide(physical, self.adc_gain, physical)
+    physical[digital == _FORMAT16_NAN] = np.nan
+    return physical
+
+
+_FORMAT16_NAN = -32768  # the sample value format 16 stores for "no sample"
+
+
+def _format16_header(path: str) -> _Format16Header | None:
+  """The header at `path` parsed as wfdb parses it (its own line patterns and defaults) when
+  it has `_Format16Header`'s layout and every field wfdb would convert converts; None
+  otherwise, so that wfdb reads it (and reports what is wrong with it)."""
+  try:
+    with open(path, encoding="ascii", errors="ignore") as file:  # as wfdb.rdheader opens it
+      lines, comment_lines = wfdb_header.parse_header_content(file.read())
+    record = wfdb_header.rx_record.match(lines[0]) if lines else None
+    if record is None:
+      return None
+    _, n_seg, n_sig, fs, counter_freq, base_counter, sig_len, base_time, base_date = (
+        record.groups())
+    n_sig = int(n_sig)
+    if n_seg or not fs or not sig_len or not int(sig_len) or not 0 < n_sig == len(lines) - 1:
+      return None
+    for number in (counter_freq, base_counter):
+      if number:
+        float(number)
+    if base_time:
+      wfdb_header.wfdb_strptime(base_time)
+    if base_date:
+      datetime.datetime.strptime(base_date, "%d/%m/%Y")
+    fs = float(fs)
+    if round(fs, 8) == float(int(fs)):  # wfdb's rounding of a rate close to an integer
+      fs = int(fs)
+    signals = [wfdb_header.rx_signal.match(line) for line in lines[1:]]
+    if any(s is None for s in signals):
+      return None
+    fields = [s.groups() for s in signals]
+    gains, baselines = [], []
+    for (file_name, fmt, per_frame, skew, offset, gain, baseline, _, *numbers,
+         name) in fields:
+      if (fmt != "16" or per_frame not in ("", "1") or skew not in ("", "0") or not name
+          or file_name != fields[0][0] or offset != fields[0][4]):
+        return None
+      adc_zero = numbers[1]
+      for number in numbers:  # adc_res, adc_zero, init_value, checksum, block_size
+        if number:
+          int(number)
+      gains.append((float(gain) if gain else 0.0) or 200.0)  # wfdb: none or 0 means 200
+      baselines.append(int(baseline) if baseline else int(adc_zero) if adc_zero else 0)
+  except (OSError, ValueError):  # unreadable, or a field wfdb fails to convert: wfdb says why
+    return None
+  return _Format16Header(
+      n_sig=n_sig, fs=fs, sig_len=int(sig_len), file_name=[f[0] for f in fields],
+      fmt=[f[1] for f in fields], samps_per_frame=[1] * n_sig,
+      byte_offset=[int(fields[0][4] or 0)] * n_sig, adc_gain=gains, baseline=baselines,
+      units=[f[7] or "mV" for f in fields], sig_name=[f[-1] for f in fields],
+      comments=[line.strip(" \t#") for line in comment_lines])
 
 
 def _check_file_sizes(header, directory: pathlib.Path) -> None:

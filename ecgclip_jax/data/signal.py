@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import fractions
+import functools
 
 import numpy as np
 import scipy.signal
@@ -146,15 +147,14 @@ def _moving_sum(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 def bad_leads(signal_uv: np.ndarray, lead_mask: np.ndarray, flat_uv: float,
               saturated_fraction: float) -> tuple[tuple[str, ...], tuple[str, ...]]:
   """(flat, saturated) present leads. Saturation: a clipped lead sits on its own extreme."""
-  flat, saturated = [], []
-  for i in np.flatnonzero(lead_mask):
-    lead = signal_uv[:, i]
-    low, high = lead.min(), lead.max()
-    if high - low < flat_uv:
-      flat.append(LEAD_NAMES[i])
-    elif max(np.sum(lead == low), np.sum(lead == high)) >= saturated_fraction * len(lead):
-      saturated.append(LEAD_NAMES[i])
-  return tuple(flat), tuple(saturated)
+  present = np.flatnonzero(lead_mask)
+  leads = signal_uv[:, present]
+  low, high = leads.min(axis=0), leads.max(axis=0)
+  at_extreme = np.maximum(np.sum(leads == low, axis=0), np.sum(leads == high, axis=0))
+  is_flat = high - low < flat_uv
+  is_saturated = ~is_flat & (at_extreme >= saturated_fraction * len(signal_uv))
+  return (tuple(LEAD_NAMES[i] for i in present[is_flat]),
+          tuple(LEAD_NAMES[i] for i in present[is_saturated]))
 
 
 def resample(signal: np.ndarray, fs_in: float, fs_out: int) -> np.ndarray:
@@ -175,13 +175,18 @@ def bandpass(signal: np.ndarray, fs: float, low: float | None, high: float | Non
     high = None  # nothing to remove above Nyquist
   if low is None and high is None:
     return signal
+  return scipy.signal.sosfiltfilt(_butterworth(fs, low, high, order), signal, axis=0)
+
+
+@functools.lru_cache(maxsize=16)
+def _butterworth(fs: float, low: float | None, high: float | None, order: int) -> np.ndarray:
+  """The filter's second-order sections, designed once per process (the design costs almost
+  as much as filtering a record)."""
   if low is None:
-    sos = scipy.signal.butter(order, high, "lowpass", fs=fs, output="sos")
-  elif high is None:
-    sos = scipy.signal.butter(order, low, "highpass", fs=fs, output="sos")
-  else:
-    sos = scipy.signal.butter(order, (low, high), "bandpass", fs=fs, output="sos")
-  return scipy.signal.sosfiltfilt(sos, signal, axis=0)
+    return scipy.signal.butter(order, high, "lowpass", fs=fs, output="sos")
+  if high is None:
+    return scipy.signal.butter(order, low, "highpass", fs=fs, output="sos")
+  return scipy.signal.butter(order, (low, high), "bandpass", fs=fs, output="sos")
 
 
 def fit_length(signal: np.ndarray, spec: SignalSpec) -> tuple[np.ndarray, int]:

@@ -14,7 +14,8 @@ import wfdb
 from ecgclip_jax.data import readers
 from ecgclip_jax.data.skips import SkipRecord
 
-CINC = str(pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "cinc2021")
+SHARED = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data"
+CINC = str(SHARED / "cinc2021")
 NAMES = ["I", "AVR", "V1"]
 
 
@@ -125,6 +126,92 @@ def test_malformed_header_is_unreadable(tmp_path, rng, header):
   with open(record + ".hea", "w") as f:
     f.write(header)
   assert skip_reason(readers.read_wfdb, record) == "unreadable_signal"
+
+
+def wfdb_values(record):
+  """What wfdb reads: its physical signal in millivolts, its rate, lead names and comments."""
+  read = wfdb.rdrecord(str(record))
+  factors = np.array([readers.units_to_mv(u) for u in read.units])
+  return read.p_signal * factors, float(read.fs), read.sig_name, read.comments
+
+
+def assert_reads_as_wfdb(record):
+  raw = readers.read_wfdb(record)
+  signal, fs, names, comments = wfdb_values(record)
+  assert raw.signal_mv.dtype == signal.dtype and raw.signal_mv.shape == signal.shape
+  assert raw.signal_mv.tobytes() == signal.tobytes()  # bit for bit, NaN where wfdb has NaN
+  assert (raw.fs, raw.lead_names, raw.comments) == (fs, names, comments)
+
+
+def add_bytes_before_data(record, count):
+  with open(record + ".dat", "rb") as f:
+    data = f.read()
+  with open(record + ".dat", "wb") as f:
+    f.write(bytes(range(count)) + data)
+
+
+def missing_sample(record, frame, signal):
+  """Format 16's "no sample" value (-32768) at one frame of one signal."""
+  with open(record + ".dat", "r+b") as f:
+    f.seek((3 * frame + signal) * 2)
+    f.write(np.int16(-32768).tobytes())
+
+
+@pytest.mark.parametrize("edits, direct", [
+    ([], True),
+    ([("rec 3 250 1000", "rec 3 250/1000(5) 1000 10:20:30 24/12/2019"),
+      ("\n", "\n# Age: 61\n#Sex: F\n")], True),
+    ([("rec 3 250 1000", "rec 3 360.000000001 1000")], True),  # wfdb rounds the rate to 360
+    ([("16 1000(0)/mV 16 0", "16 1000(-37)/uV 16 0")], True),
+    ([("16 200(0)/mV 16 0", "16 200/mV 16 12")], True),  # no baseline: the ADC zero (12)
+    ([("16 200(0)/mV", "16 0(0)/mV")], True),  # gain 0 means 200
+    ([("rec.dat 16 ", "rec.dat 16x1+24 ")] * 3 + [("data", 24)], True),  # CinC's .mat layout
+    ([("missing", (10, 0)), ("missing", (999, 2))], True),
+    ([("rec.dat 16 1000(0)/mV", "rec.dat 16:1 1000(0)/mV")], False),  # skewed: wfdb reads it
+])
+def test_format16_is_read_directly_with_wfdbs_values(tmp_path, rng, edits, direct):
+  """The common layout is read with numpy (`_format16_header` parses it), giving exactly
+  wfdb's values; anything else still goes through wfdb."""
+  record, _ = write_record(tmp_path, rng)
+  for old, new in edits:
+    if old == "data":
+      add_bytes_before_data(record, new)
+    elif old == "missing":
+      missing_sample(record, *new)
+    else:
+      edit_header(record, old, new)
+  assert (readers._format16_header(record + ".hea") is not None) == direct
+  assert_reads_as_wfdb(record)
+  if any(old == "missing" for old, _ in edits):
+    assert np.isnan(readers.read_wfdb(record).signal_mv[[10, 999], [0, 2]]).all()
+
+
+def test_a_field_wfdb_cannot_convert_leaves_the_header_to_wfdb(tmp_path, rng):
+  record, _ = write_record(tmp_path, rng)
+  edit_header(record, "rec 3 250 1000", "rec 3 250 1000 10:20:30 31/02/2019")
+  assert readers._format16_header(record + ".hea") is None
+  assert skip_reason(readers.read_wfdb, record) == "unreadable_signal"
+
+
+def test_other_formats_go_through_wfdb(tmp_path, rng):
+  x = rng.normal(scale=0.8, size=(1000, 3))
+  for name, fmt in (("f212", "212"), ("f24", "24"), ("f8", "80")):
+    wfdb.wrsamp(name, fs=250, units=["mV"] * 3, sig_name=NAMES, p_signal=x, fmt=[fmt] * 3,
+                adc_gain=[20] * 3, baseline=[0] * 3, write_dir=str(tmp_path))
+    assert readers._format16_header(str(tmp_path / f"{name}.hea")) is None
+    assert_reads_as_wfdb(str(tmp_path / name))
+
+
+@pytest.mark.parametrize("folder", ["ptbxl/records100", "ptbxl/records500", "cinc2021"])
+def test_shared_records_read_as_wfdb_reads_them(folder):
+  """Every record of the shared PTB-XL slice (400 at each rate) and the CinC slice: the
+  direct format 16 read equals wfdb's, bit for bit."""
+  headers = sorted((SHARED / folder).rglob("*.hea"))
+  if not headers:
+    pytest.skip(f"shared data not found under {SHARED / folder} (a fresh clone has none)")
+  for header in headers:
+    assert readers._format16_header(str(header)) is not None, header
+    assert_reads_as_wfdb(str(header.with_suffix("")))
 
 
 def test_cinc_mat_is_read_through_its_header():

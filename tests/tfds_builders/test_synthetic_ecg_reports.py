@@ -47,6 +47,28 @@ def test_round_trip_matches_the_generator(built):
   assert "tensorflow" not in sys.modules
 
 
+def test_a_build_renders_the_corpus_once(built, tmp_path, monkeypatch):
+  """One rendering feeds all three splits (each record rendered once), and the build equals
+  the module's shared one."""
+  rendered, iter_corpus = [], synthetic.iter_corpus
+
+  def counted(*args, **kwargs):
+    for record in iter_corpus(*args, **kwargs):
+      rendered.append(record.record_id)
+      yield record
+
+  monkeypatch.setattr(synthetic, "iter_corpus", counted)
+  sources = ser.prepare(CONFIG, str(tmp_path)).as_data_source()
+  assert sorted(rendered) == sorted(r.record_id for r in iter_corpus(12, 100, 2.0, 3))
+  expected = built[0].as_data_source()
+  for split, source in expected.items():
+    assert [ex["record_id"] for ex in sources[split]] == [ex["record_id"] for ex in source]
+    for ours, theirs in zip(sources[split], source):
+      assert ours.keys() == theirs.keys()
+      for key in ours:
+        np.testing.assert_array_equal(ours[key], theirs[key])
+
+
 def test_prepare_reuses_a_finished_build(built, capsys):
   builder, data_dir = built
   again = ser.prepare(CONFIG, str(data_dir))

@@ -15,6 +15,7 @@ config name or a `SyntheticConfig`. Reading is `builder.as_data_source(split)`.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 import numpy as np
@@ -87,24 +88,38 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager):
+    """One generator per split, all fed by one rendering of the corpus: a record goes to its
+    split's queue, and each split's generator renders on only while its queue is empty. TFDS
+    writes the splits one after another, so the first renders the whole corpus and the
+    others' records wait in memory (as int16) for their turn."""
     del dl_manager  # nothing to download
-    return {name: self._generate_examples(name) for name in contract.SPLITS}
-
-  def _generate_examples(self, split: str):
     c = self.builder_config
+    records = synthetic.iter_corpus(c.num_patients, c.sample_rate, c.duration_s, c.seed)
     splits = synthetic.patient_splits(c.num_patients, c.seed)
-    for record in synthetic.iter_corpus(c.num_patients, c.sample_rate, c.duration_s, c.seed):
-      if splits[record.patient_id] == split:
-        yield record.record_id, {
-            "ecg": record.ecg_uv,
-            "lead_mask": np.ones(NUM_LEADS, np.bool_),
-            "report": record.report,
-            "labels": record.labels,
-            "patient_id": record.patient_id,
-            "record_id": record.record_id,
-            "age": np.int32(record.age),
-            "sex": np.int32(record.sex),
-        }
+    queues = {name: collections.deque() for name in contract.SPLITS}
+    return {name: self._generate_examples(split=name, records=records, splits=splits,
+                                          queues=queues)
+            for name in contract.SPLITS}
+
+  def _generate_examples(self, split: str, records, splits: dict[str, str],
+                         queues: dict[str, collections.deque]):
+    queue = queues[split]
+    while True:
+      while queue:
+        yield queue.popleft()
+      record = next(records, None)
+      if record is None:
+        return
+      queues[splits[record.patient_id]].append((record.record_id, {
+          "ecg": record.ecg_uv,
+          "lead_mask": np.ones(NUM_LEADS, np.bool_),
+          "report": record.report,
+          "labels": record.labels,
+          "patient_id": record.patient_id,
+          "record_id": record.record_id,
+          "age": np.int32(record.age),
+          "sex": np.int32(record.sex),
+      }))
 
 
 def prepare(config: str | SyntheticConfig, data_dir: str | None = None) -> Builder:
