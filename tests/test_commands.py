@@ -27,10 +27,12 @@ COMMANDS = {
     "ecgclip_jax.remat_benchmark": (["num_samples", "batch_size", "arch"], False),
     "ecgclip_jax.benchmark": (["config", "steps", "json", "parts", "pipeline_workers", "torch"],
                               True),
+    "ecgclip_jax.cost_table": (["config", "batch_sizes", "num_samples", "devices", "steps",
+                                "json"], True),
 }
 SCRIPTS = ["ecgclip-train", "ecgclip-evaluate", "ecgclip-probe", "ecgclip-predict",
            "ecgclip-export", "ecgclip-explain", "ecgclip-compare", "ecgclip-loss-benchmark",
-           "ecgclip-remat-benchmark", "ecgclip-benchmark"]
+           "ecgclip-remat-benchmark", "ecgclip-benchmark", "ecgclip-cost-table"]
 # Scripts whose --help runs too (each run costs a jax/tfds import): the command module's flags
 # are then not registered under the main module, which cli.run must make up for.
 SCRIPT_RUNS = {"ecgclip-train": ["config", "workdir", "coordinator_address"]}

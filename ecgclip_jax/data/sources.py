@@ -71,6 +71,17 @@ def _builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder
                       **corpus)
 
 
+def _other_builds(builder: tfds.core.DatasetBuilder) -> str:
+  """A note on builds of this dataset by other versions of its builder (each version has its
+  own folder, data_dir/NAME/CONFIG/VERSION, and a builder reads only its own), or ''."""
+  others = [str(v) for v in tfds.core.utils.version.list_all_versions(
+      os.path.dirname(builder.data_dir)) if v != builder.version]
+  if not others:
+    return ""
+  return (f" (this builder reads version {builder.version}; the build of version "
+          f"{', '.join(others)} there has another format, which it does not read)")
+
+
 def dataset_problem(data_config: ml_collections.ConfigDict) -> str | None:
   """Why the configured dataset can be neither opened nor built here, or None. The synthetic
   corpus can always be built; a real one must be built already or have its download."""
@@ -84,10 +95,10 @@ def dataset_problem(data_config: ml_collections.ConfigDict) -> str | None:
   if builder.is_prepared():
     return None
   if not data_config.manual_dir:
-    return (f"dataset {name} is not built in {builder.data_dir_root}: set data.manual_dir to "
-            f"the download to build it on first use, or build it with `python -m tfds_builders."
-            f"{data_config.name} --config {data_config.builder_config} --manual_dir DOWNLOAD "
-            f"--data_dir {builder.data_dir_root}`")
+    return (f"dataset {name} is not built in {builder.data_dir_root}{_other_builds(builder)}: "
+            f"set data.manual_dir to the download to build it on first use, or build it with "
+            f"`python -m tfds_builders.{data_config.name} --config {data_config.builder_config} "
+            f"--manual_dir DOWNLOAD --data_dir {builder.data_dir_root}`")
   if not os.path.isdir(data_config.manual_dir):
     return f"data.manual_dir {data_config.manual_dir!r} (the {name} download) does not exist"
   return None
@@ -100,12 +111,13 @@ def _prepared_builder(data_config: ml_collections.ConfigDict) -> tfds.core.Datas
   if builder.is_prepared():
     return builder
   if data_config.name == SYNTHETIC:  # generated here: nothing to download
-    print(f"Building {builder.info.full_name} in {builder.data_dir} ...", flush=True)
+    print(f"Building {builder.info.full_name} in {builder.data_dir}{_other_builds(builder)} ...",
+          flush=True)
     builder.download_and_prepare()
     return builder
   name = f"{data_config.name}/{data_config.builder_config}"
-  print(f"Building {name} from {data_config.manual_dir} into {builder.data_dir_root} ...",
-        flush=True)
+  print(f"Building {name} from {data_config.manual_dir} into {builder.data_dir_root}"
+        f"{_other_builds(builder)} ...", flush=True)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=data_config.manual_dir))
   return builder

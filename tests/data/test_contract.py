@@ -1,6 +1,8 @@
 """The data contract: text fields read back as str, report cleaning, and a synthetic corpus
 opened by name keeps the build name its custom size and seed always had."""
 
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -53,7 +55,7 @@ def test_a_custom_synthetic_corpus_opened_by_name_keeps_its_build_name(tfds_data
   data = default_config().data
   data.data_dir, data.num_patients = tfds_data_dir, 40
   builder = sources.open_dataset(data).builder
-  assert builder.info.full_name == "synthetic_ecg_reports/100hz_p40_s0/1.0.0"
+  assert builder.info.full_name == "synthetic_ecg_reports/100hz_p40_s0/1.1.0"
   assert (builder.builder_config.num_patients, builder.builder_config.seed) == (40, 0)
   assert builder.data_dir.startswith(f"{tfds_data_dir}/synthetic_ecg_reports/100hz_p40_s0/")
 
@@ -62,13 +64,40 @@ def test_a_synthetic_corpus_is_built_once(tmp_path, capsys):
   data = default_config().data
   data.data_dir, data.num_patients, data.corpus_seed = str(tmp_path), 3, 1
   first = sources.open_dataset(data)
-  assert (f"Building synthetic_ecg_reports/100hz_p3_s1/1.0.0 in {first.builder.data_dir} ..."
+  assert (f"Building synthetic_ecg_reports/100hz_p3_s1/1.1.0 in {first.builder.data_dir} ..."
           in capsys.readouterr().out)
   again = sources.open_dataset(data)
   assert "Building" not in capsys.readouterr().out
-  assert again.builder.info.full_name == "synthetic_ecg_reports/100hz_p3_s1/1.0.0"
+  assert again.builder.info.full_name == "synthetic_ecg_reports/100hz_p3_s1/1.1.0"
   record_ids = [contract.text(r["record_id"]) for r in again.source("train")]
   assert record_ids and all(i.startswith("s1-") for i in record_ids)
+
+
+def test_a_build_by_another_builder_version_is_named_and_not_read(tmp_path, capsys):
+  """Each builder version has its own folder (another storage format): a build of another
+  version is left alone, and both the rebuild and the not-built problem name it."""
+  data = default_config().data
+  data.data_dir, data.num_patients, data.corpus_seed = str(tmp_path), 3, 1
+  current = pathlib.Path(sources.open_dataset(data).builder.data_dir)
+  old = current.with_name("1.0.0")
+  current.rename(old)  # as if built by the 1.0.0 builder
+  capsys.readouterr()
+  rebuilt = sources.open_dataset(data).builder
+  version = str(rebuilt.version)
+  assert version != "1.0.0" and rebuilt.data_dir == str(current)
+  assert (f"Building synthetic_ecg_reports/100hz_p3_s1/{version} in {current} (this builder "
+          f"reads version {version}; the build of version 1.0.0 there has another format, "
+          f"which it does not read) ..." in capsys.readouterr().out)
+  assert old.is_dir() and list(old.glob("*.array_record-*"))
+
+  ptbxl = default_config().data
+  ptbxl.name, ptbxl.data_dir = "ptbxl", str(tmp_path)
+  assert "1.0.0" not in sources.dataset_problem(ptbxl)
+  (tmp_path / "ptbxl" / "100hz" / "1.0.0").mkdir(parents=True)
+  assert sources.dataset_problem(ptbxl).startswith(
+      f"dataset ptbxl/100hz is not built in {tmp_path} (this builder reads version {version}; "
+      f"the build of version 1.0.0 there has another format, which it does not read): set "
+      f"data.manual_dir")
 
 
 def test_no_module_of_the_package_imports_a_builder():

@@ -3,6 +3,7 @@ every record seen is kept or skipped with its reason, the local and Beam builds 
 what is written equals the WFDB samples resampled and reordered independently (scipy)."""
 
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -355,6 +356,18 @@ def reference_split(patient_id, salt, fractions=(0.8, 0.1, 0.1)):
   u = int.from_bytes(hashlib.sha256(f"{salt}:{patient_id}".encode()).digest()[:8], "big") / 2**64
   edges = np.cumsum(fractions) / sum(fractions)
   return ("train", "validation", "test")[int(np.sum(u >= edges[:2]))]
+
+
+@pytest.mark.parametrize("name", ["ptbxl", "synthetic_ecg_reports", "mimic_iv_ecg",
+                                  "physionet_challenge", "ecg_manifest"])
+def test_every_builder_is_at_the_contracts_latest_version(name):
+  """A contract change (e.g. `ecg` stored as raw bytes) changes what every build stores, so
+  every builder moves to the version that notes it: an older build is then never opened."""
+  importlib.import_module(f"tfds_builders.{name}")  # registers it
+  builder = tfds.builder_cls(name)
+  latest = max(contract.RELEASE_NOTES, key=tfds.core.Version)
+  assert str(builder.VERSION) == latest and builder.RELEASE_NOTES == contract.RELEASE_NOTES
+  assert builder.RELEASE_NOTES[latest]
 
 
 def test_hash_split():

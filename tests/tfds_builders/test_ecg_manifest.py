@@ -381,7 +381,7 @@ def test_cli_builds_the_example_with_a_json_config(tmp_path):
   np.testing.assert_array_equal(examples["npy/ecg004"]["labels"], [True, False, True])
   eight = examples["npy/ecg005"]["lead_mask"]
   assert [name for name, kept in zip(LEAD_NAMES, eight) if kept] == list(make_example.EIGHT_LEADS)
-  report = skips.read_report(tmp_path / "ecg_manifest/example/1.0.0")
+  report = skips.read_report(tmp_path / "ecg_manifest/example/1.1.0")
   assert report["skipped_by_reason"] == {"empty_report": 1}
 
 

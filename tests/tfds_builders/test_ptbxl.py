@@ -427,7 +427,7 @@ def test_command_line_builds_and_reports(tmp_path):
                                      str(tmp_path / "tfds")],
                           check=False, capture_output=True, text=True, env=env, cwd=ROOT)
   assert result.returncode == 0, result.stderr[-2000:]
-  out = tmp_path / "tfds" / "ptbxl" / "100hz" / "1.0.0"
+  out = tmp_path / "tfds" / "ptbxl" / "100hz" / "1.1.0"
   assert len(list(out.glob("ptbxl-*.array_record-*"))) == 3
   report = json.loads((out / "build_report.json").read_text())
   assert (report["seen"], report["kept"]) == (6, 6)

@@ -47,6 +47,27 @@ def test_round_trip_matches_the_generator(built):
   assert "tensorflow" not in sys.modules
 
 
+
+def test_the_signal_is_stored_as_its_raw_int16_bytes(built):
+  """`ecg` is written as the array's bytes (Encoding.BYTES), not as a tf.train.Example int64
+  list (which cost most of a build's time), and the stored bytes are the generator's int16
+  samples exactly."""
+  from array_record.python import array_record_module
+  from tensorflow_datasets.proto import tf_example_pb2
+  builder, _ = built
+  expected = {r.record_id: r.ecg_uv for r in synthetic.generate_corpus(12, 100, 2.0, seed=3)}
+  stored = []
+  for path in sorted(pathlib.Path(builder.data_dir).glob("*.array_record-*")):
+    reader = array_record_module.ArrayRecordReader(str(path))
+    for serialized in reader.read_all():
+      feature = tf_example_pb2.Example.FromString(serialized).features.feature
+      record_id = feature["record_id"].bytes_list.value[0].decode()
+      assert feature["ecg"].WhichOneof("kind") == "bytes_list", record_id
+      assert feature["ecg"].bytes_list.value == [expected[record_id].astype("<i2").tobytes()]
+      stored.append(record_id)
+    reader.close()
+  assert sorted(stored) == sorted(expected)
+
 def test_a_build_renders_the_corpus_once(built, tmp_path, monkeypatch):
   """One rendering feeds all three splits (each record rendered once), and the build equals
   the module's shared one."""
@@ -101,7 +122,7 @@ def test_module_entry_point_runs_tfds_build(tmp_path):
   subprocess.run([sys.executable, "-m", "tfds_builders.synthetic_ecg_reports", "--config", config,
                   "--data_dir", str(tmp_path)], check=True, capture_output=True, env=env,
                  cwd=pathlib.Path(__file__).parents[2])
-  shards = list(tmp_path.glob("synthetic_ecg_reports/100hz_p4_s0_1s/1.0.0/*.array_record-*"))
+  shards = list(tmp_path.glob("synthetic_ecg_reports/100hz_p4_s0_1s/1.1.0/*.array_record-*"))
   assert len(shards) == 3
 
 

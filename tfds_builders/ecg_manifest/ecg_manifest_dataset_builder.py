@@ -87,8 +87,8 @@ class ManifestConfig(ecg_builder.EcgConfig):
 class Builder(ecg_builder.EcgBuilder):
   """A hospital's own ECG export, described by a CSV or Parquet manifest."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = dict(contract.RELEASE_NOTES)
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   The export folder: manifest.csv or manifest.parquet, one row per ECG (columns: path,
   patient_id, report, and optionally record_id, labels, age, sex, sample_rate, lead_names,

@@ -126,8 +126,8 @@ def _read_csv(path: epath.Path, columns) -> pd.DataFrame:
 class Builder(ecg_builder.EcgBuilder):
   """MIMIC-IV-ECG v1.0: 12-lead ECGs with machine reports, split by patient."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = dict(contract.RELEASE_NOTES)
   BUILDER_CONFIGS = [
       MimicConfig(name="500hz", description="10 s at 500 Hz (native).",
                   signal=signal_lib.SignalSpec(sample_rate=500)),

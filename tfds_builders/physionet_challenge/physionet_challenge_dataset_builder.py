@@ -218,8 +218,8 @@ def _config(name: str, source: Source) -> ChallengeConfig:
 class Builder(ecg_builder.EcgBuilder):
   """PhysioNet/CinC Challenge 2020-2021: 12-lead ECGs with SNOMED-CT diagnosis codes."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = dict(contract.RELEASE_NOTES)
   BUILDER_CONFIGS = [_config(name, source) for name, source in SOURCES.items()]
   DEFAULT_CONFIG_NAME = "georgia"
   MANUAL_DOWNLOAD_INSTRUCTIONS = """

@@ -385,8 +385,8 @@ class PtbxlConfig(ecg_builder.EcgConfig):
 class Builder(ecg_builder.EcgBuilder):
   """PTB-XL: 12-lead 10 s ECGs with free-text reports and SCP-ECG statement labels."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = dict(contract.RELEASE_NOTES)
   BUILDER_CONFIGS = [
       PtbxlConfig(name="100hz", description="records100 (filename_lr): 10 s at 100 Hz.",
                   signal=signal_lib.SignalSpec(sample_rate=100), filename_column="filename_lr"),

@@ -51,8 +51,8 @@ def custom_config(sample_rate: int, num_patients: int, seed: int = 0,
 class Builder(tfds.core.GeneratorBasedBuilder):
   """Synthetic 12-lead ECGs with machine-style reports and multi-hot findings."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = dict(contract.RELEASE_NOTES)
   BUILDER_CONFIGS = [
       SyntheticConfig(name="500hz", description="10 s at 500 Hz, 1500 patients (~3800 records).",
                       sample_rate=500, num_patients=1500),
