@@ -218,13 +218,14 @@ class StepBench:
     (forward and gradients for the embeddings and the logit scale)."""
     trainer, state, batch = self.trainer, self.state, self.batch
     trainable, frozen = train_state.partition(state.params, trainer.mask)
+    dropout_key = train_state.step_dropout_key(state.rng, state.step)
 
     def tower(which: str):
       def embed(trainable):
         model = trainer.model(train_state.combine(trainable, frozen), state.model_state)
         if which == "ecg":
           return model.encode_ecg(batch["ecg"], train=True)
-        return trainer.train_text_embeddings(model, batch, jax.random.key(0))
+        return trainer.train_text_embeddings(model, batch, dropout_key)
 
       def forward_backward(trainable):
         emb, pullback = jax.vjp(embed, trainable)
@@ -232,7 +233,7 @@ class StepBench:
       return forward_backward
 
     embeddings = jax.jit(lambda t: trainer.embed_batch(t, frozen, state.model_state, batch,
-                                                  jax.random.key(0))[0])(trainable)
+                                                  dropout_key)[0])(trainable)
     loss = jax.value_and_grad(
         lambda params, emb: trainer.batch_loss(params, state.model_state, emb), argnums=(0, 1))
     parts = {"ecg tower": (jax.jit(tower("ecg")), (trainable,)),
