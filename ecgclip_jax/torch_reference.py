@@ -137,7 +137,7 @@ class Reference(nn.Module):
     for i, layer in enumerate(layers):
       for p in layer.parameters():
         p.requires_grad_(i >= first)
-    self.text_trains = any(p.requires_grad for p in self.text_encoder.parameters())
+    self.text_trains = first < len(layers)
     frozen = [] if first < 0 else [self.text_encoder.embeddings, *layers[:first]]
     self.deterministic_modules = ([self.text_encoder] if not self.text_trains else
                                   [] if frozen_layers_dropout else frozen)

@@ -129,13 +129,11 @@ class Trainer:
     self.num_text_layers = self.model_def.num_text_layers
     self.mask = trainable_mask(self.model_def.abstract_weights[0],
                                config.text.trainable_top_layers, self.num_text_layers)
-    self.text_trains = any(
-        m for path, m in jax.tree_util.tree_leaves_with_path(self.mask)
-        if build.path_str(path).startswith("text_encoder/"))
+    first_trainable = first_trainable_text_layer(config.text.trainable_top_layers,
+                                                 self.num_text_layers)
+    self.text_trains = first_trainable < self.num_text_layers
     # Frozen layers without dropout are a fixed feature extractor (text.frozen_layers_dropout).
-    self.first_dropout_layer = (-1 if config.text.frozen_layers_dropout else
-                                first_trainable_text_layer(config.text.trainable_top_layers,
-                                                           self.num_text_layers))
+    self.first_dropout_layer = -1 if config.text.frozen_layers_dropout else first_trainable
     self.tx = make_optimizer(config)
 
   def init(self, rng: jax.Array, load_pretrained_text: bool) -> TrainState:
