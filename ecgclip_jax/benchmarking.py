@@ -72,13 +72,16 @@ def _timed(fn: Callable[[], Any]) -> float:
 # ---------------------------------------------------------------------------------------
 
 def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
-  """Random inputs of the config's shapes: standard-normal ECG `[B, T, 12]`, token ids of
-  full-length reports (the text tower's worst case)."""
+  """Random inputs of the config's shapes: standard-normal ECG `[B, T, 12]`, and token ids of
+  full-length reports (the text tower's worst case) or, where training precomputes the frozen
+  text tower's features, standard-normal features `[B, H]`."""
   rng = np.random.default_rng(seed)
   b, length = config.batch_size, config.text.max_length
-  vocab = bert_lib.BertConfig.from_hf_dir(build.text_encoder_dir(config)).vocab_size
-  return {"ecg": rng.standard_normal((b, config.data.num_samples, 12), np.float32),
-          "input_ids": rng.integers(1000, vocab, (b, length), dtype=np.int32),
+  text = bert_lib.BertConfig.from_hf_dir(build.text_encoder_dir(config))
+  batch = {"ecg": rng.standard_normal((b, config.data.num_samples, 12), np.float32)}
+  if train_state.precomputes_text_features(config):
+    return {**batch, "text_features": rng.standard_normal((b, text.hidden_size), np.float32)}
+  return {**batch, "input_ids": rng.integers(1000, text.vocab_size, (b, length), dtype=np.int32),
           "attention_mask": np.ones((b, length), np.int32)}
 
 
@@ -123,6 +126,8 @@ def analytic_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
   trains_all = k < 0 or k > text.num_layers
   trainable_layers = text.num_layers if trains_all else k
   text_flops = layer * (text.num_layers + 2 * trainable_layers)
+  if train_state.precomputes_text_features(config):  # computed once, before training
+    text_flops = 0
   if 0 < trainable_layers and not trains_all:  # no input gradient below the lowest one
     text_flops -= 2 * 3 * 2 * b * length * h * h
   projections = 3 * 2 * b * (ecg_features + h) * e - (2 * b * h * e if k == 0 else 0)
@@ -264,7 +269,8 @@ def pipeline_rates(config: ml_collections.ConfigDict, worker_counts: list[int],
         source, tokenizer=tokenizer, max_text_length=config.text.max_length,
         normalization=config.data.normalization, per_process_batch_size=per_process,
         seed=config.seed, process_index=jax.process_index(),
-        process_count=jax.process_count(), worker_count=workers, start_step=0)
+        process_count=jax.process_count(), worker_count=workers, start_step=0,
+        read_threads=config.data.read_threads)
     next(batches_iter)
     seconds = _timed(lambda: [next(batches_iter) for _ in range(batches)])
     rates[workers] = batches * per_process / seconds / max(1, workers)

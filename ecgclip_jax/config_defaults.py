@@ -45,6 +45,10 @@ def default_config() -> ml_collections.ConfigDict:
       normalization="zscore",  # one of normalize.NORMALIZATION_METHODS
       num_samples=1000,  # expected record length (rate x seconds); checked against the data
       worker_count=0,  # grain worker processes per JAX process
+      # Threads reading records a batch ahead (per process, per worker). 0: in the consuming
+      # thread, fastest on a local disk (threads only contend for the GIL); raise it for
+      # storage with latency (a bucket).
+      read_threads=0,
   )
   c.text = dict(
       encoder_dir="",  # Hugging Face folder; '' = the bundled all-MiniLM-L6-v2
@@ -55,6 +59,9 @@ def default_config() -> ml_collections.ConfigDict:
       # Dropout in the frozen layers below the trainable ones, as in a Hugging Face model in
       # train mode (MERL's code too). False: they run as a fixed feature extractor (faster).
       frozen_layers_dropout=True,
+      # With the whole tower frozen (trainable_top_layers 0): each training report's pooled
+      # features computed once before the first step, so the step runs only the projection.
+      precompute_features=True,
   )
   c.ecg = dict(
       arch="resnet18",  # one of resnet1d.STAGE_DEPTHS: "resnet18" or "resnet34"

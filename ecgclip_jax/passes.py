@@ -25,16 +25,17 @@ def gather(array: jax.Array) -> np.ndarray:
 def run_over_split(source, outputs: Mapping[str, Callable[[dict], jax.Array]], mesh, *,
                    batch_size: int, normalization: str, tokenizer=None,
                    max_text_length: int = 0, label_feature: str | None = "labels",
-                   progress: str = "") -> dict[str, np.ndarray]:
+                   progress: str = "", read_threads: int = 0) -> dict[str, np.ndarray]:
   """`outputs` (name -> jitted fn(global batch)) of every record of `source`, and its
   `label_feature` labels (None: none), each exactly once, in source order, on every host.
-  `progress` names the pass in its progress lines (printed only when it takes a while)."""
+  `progress` names the pass in its progress lines (printed only when it takes a while);
+  `read_threads`: pipeline.read_options."""
   per_process = parallel.check_batch_size(batch_size, mesh)
   batches = pipeline.make_eval_batches(
       source, tokenizer=tokenizer, max_text_length=max_text_length,
       normalization=normalization, per_process_batch_size=per_process,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      label_feature=label_feature)
+      label_feature=label_feature, read_threads=read_threads)
   names = (*outputs, *(("labels",) if label_feature is not None else ()), "mask", "index")
   parts = {name: [] for name in names}
   meter = Progress(progress or "embedding", len(source),

@@ -49,6 +49,7 @@ class Progress:
                 f"{rate:,.1f} {self.unit}/s, ETA {eta}")
 
   def done(self) -> None:
+    self.wait()  # the work queued last has run: the total time counts it
     elapsed = time.time() - self.start
     if self._printed_at is not None or elapsed >= self.after_s:
       self._print(f"{self.what}: {self.count:,} {self.unit} in {elapsed:.1f} s "

@@ -152,21 +152,27 @@ class Reference(nn.Module):
   def scale(self) -> torch.Tensor:
     return torch.clamp(torch.exp(self.logit_scale), max=MAX_LOGIT_SCALE)
 
-  def forward(self, ecg: torch.Tensor, input_ids: torch.Tensor,
-              attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+  def forward(self, ecg: torch.Tensor, text: dict[str, torch.Tensor]
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`text`: `input_ids` and `attention_mask`, or the frozen tower's precomputed
+    `text_features` (as the JAX step takes them)."""
     autocast = (torch.autocast(ecg.device.type, dtype=torch.bfloat16)
                 if self.compute_dtype == torch.bfloat16 else contextlib.nullcontext())
     with autocast:  # the towers only, as in clip.py
       features = self.ecg_encoder(ecg.transpose(1, 2))
-      hidden = self.text_encoder(input_ids=input_ids,
-                                 attention_mask=attention_mask).last_hidden_state
-    if self.text_pooling == "cls":
-      pooled = hidden[:, 0].float()
-    else:
-      mask = attention_mask[..., None].float()
-      pooled = (hidden.float() * mask).sum(1) / torch.clamp(mask.sum(1), min=1e-9)
     return (l2_normalize(self.ecg_projection(features.float())),
-            l2_normalize(self.text_projection(pooled)))
+            l2_normalize(self.text_projection(self.text_features(text, autocast))))
+
+  def text_features(self, text: dict[str, torch.Tensor], autocast) -> torch.Tensor:
+    if "text_features" in text:
+      return text["text_features"].float()
+    with autocast:
+      hidden = self.text_encoder(input_ids=text["input_ids"],
+                                 attention_mask=text["attention_mask"]).last_hidden_state
+    if self.text_pooling == "cls":
+      return hidden[:, 0].float()
+    mask = text["attention_mask"][..., None].float()
+    return (hidden.float() * mask).sum(1) / torch.clamp(mask.sum(1), min=1e-9)
 
 
 def clip_loss(ecg_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -207,14 +213,14 @@ def make_step(model: Reference, optimizer: torch.optim.Optimizer, config, compil
     raise ValueError("the PyTorch reference has the CLIP loss without gradient accumulation")
   params = [p for group in optimizer.param_groups for p in group["params"]]
 
-  def loss_fn(ecg, input_ids, attention_mask):
-    return clip_loss(*model(ecg, input_ids, attention_mask), model.scale())
+  def loss_fn(ecg, text):
+    return clip_loss(*model(ecg, text), model.scale())
 
   forward = torch.compile(loss_fn) if compile else loss_fn
 
   def step(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     model.train()
-    loss = forward(batch["ecg"], batch["input_ids"], batch["attention_mask"])
+    loss = forward(batch["ecg"], {k: v for k, v in batch.items() if k != "ecg"})
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, config.optim.clip_grad_norm)
     optimizer.step()

@@ -45,6 +45,13 @@ def first_trainable_text_layer(trainable_top_layers: int, num_text_layers: int) 
   return num_text_layers - trainable_top_layers
 
 
+def precomputes_text_features(config: ml_collections.ConfigDict) -> bool:
+  """Whether training feeds the step each report's pooled text features, computed once before
+  the first step, in place of its tokens: only when no text layer trains (and hence none
+  runs dropout), so the tower is a fixed function of the report."""
+  return config.text.trainable_top_layers == 0 and config.text.precompute_features
+
+
 def trainable_mask(params: Params, trainable_top_layers: int, num_text_layers: int) -> Params:
   """True for parameters the optimizer updates (the text-tower freezing policy)."""
   first_trainable = first_trainable_text_layer(trainable_top_layers, num_text_layers)
@@ -132,6 +139,7 @@ class Trainer:
     first_trainable = first_trainable_text_layer(config.text.trainable_top_layers,
                                                  self.num_text_layers)
     self.text_trains = first_trainable < self.num_text_layers
+    self.precomputes_text_features = precomputes_text_features(config)
     # Frozen layers without dropout are a fixed feature extractor (text.frozen_layers_dropout).
     self.first_dropout_layer = -1 if config.text.frozen_layers_dropout else first_trainable
     self.tx = make_optimizer(config)
@@ -169,7 +177,10 @@ class Trainer:
   def train_text_embeddings(self, model: clip.ECGCLIP, batch: dict[str, jax.Array],
                             dropout_key: jax.Array) -> jax.Array:
     """Train-mode report embeddings: dropout only where the text tower trains (and not in
-    its frozen layers unless text.frozen_layers_dropout)."""
+    its frozen layers unless text.frozen_layers_dropout). A batch that carries the frozen
+    tower's `text_features` runs only the projection."""
+    if "text_features" in batch:
+      return model.project_text(batch["text_features"])
     dropout_rngs = nnx.Rngs(dropout=dropout_key) if self.text_trains else None
     return model.encode_text(batch["input_ids"], batch["attention_mask"], dropout_rngs,
                              self.first_dropout_layer)

@@ -82,13 +82,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # =====================================================================================
   dataset = sources.open_dataset(config.data)
   tokenizer = hf_import.load_tokenizer(encoder_dir)
+  if train_source is None:
+    train_source = dataset.source(config.data.train_split)
+  if trainer.precomputes_text_features:  # the same on every start: the tower is frozen
+    train_source = pipeline.WithTextFeatures(train_source, _model(
+        config, state, workdir, mesh, trainer).text_features(
+            train_source, progress="text features of the frozen text tower (once per run)"))
+    tokenizer = None
   train_iter = pipeline.make_train_iterator(
-      dataset.source(config.data.train_split) if train_source is None else train_source,
-      tokenizer=tokenizer, max_text_length=config.text.max_length,
+      train_source, tokenizer=tokenizer, max_text_length=config.text.max_length,
       normalization=config.data.normalization, per_process_batch_size=per_process_batch,
       seed=config.seed, process_index=jax.process_index(),
       process_count=jax.process_count(), worker_count=config.data.worker_count,
-      start_step=int(state.step))
+      start_step=int(state.step), read_threads=config.data.read_threads)
 
   # =====================================================================================
   # Training loop.
@@ -145,9 +151,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Evaluation of the final weights.
   # =====================================================================================
   if config.eval.at_end_of_training and not preempted:
-    step = int(state.step)
-    model = inference.Model(config, (state.params, state.model_state), mesh,
-                            lambda: api.dataset_inputs(config), name=api.run_name(workdir, step),
-                            identity=f"{workdir}@{step}", step=step, model_def=trainer.model_def)
-    evaluation.run_evaluation(model, workdir)
+    evaluation.run_evaluation(_model(config, state, workdir, mesh, trainer), workdir)
   return state
+
+
+def _model(config: ml_collections.ConfigDict, state: train_state.TrainState, workdir: str,
+           mesh: jax.sharding.Mesh, trainer: train_state.Trainer) -> inference.Model:
+  """The run's weights at `state` as an inference.Model (its evaluation and embedding
+  passes)."""
+  step = int(state.step)
+  return inference.Model(config, (state.params, state.model_state), mesh,
+                         lambda: api.dataset_inputs(config), name=api.run_name(workdir, step),
+                         identity=f"{workdir}@{step}", step=step, model_def=trainer.model_def)

@@ -65,7 +65,8 @@ def run_args(tiny_text_encoder_dir, tfds_data_dir):
   overrides = {
       "data.data_dir": tfds_data_dir, "data.num_patients": 40,
       "text.encoder_dir": tiny_text_encoder_dir, "text.pretrained": False,
-      "text.max_length": 24, "ecg.width_multiplier": 0.125, "model.embed_dim": 16,
+      "text.max_length": 24, "text.trainable_top_layers": 1,  # dropout RNG in every step
+      "ecg.width_multiplier": 0.125, "model.embed_dim": 16,
       "batch_size": 16, "total_steps": 3, "optim.warmup_steps": 1, "log_every_steps": 1,
       "checkpoint_every_steps": 2, "eval.at_end_of_training": False,
   }

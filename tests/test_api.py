@@ -16,7 +16,7 @@ import pytest
 
 import ecgclip_jax
 from ecgclip_jax import api, evaluation, parallel, training
-from ecgclip_jax.data import contract, sources, synthetic
+from ecgclip_jax.data import contract, pipeline, sources, synthetic
 from ecgclip_jax.data.leads import LEAD_NAMES
 from train_runs import make_tiny_config
 
@@ -90,6 +90,24 @@ def test_api_embeddings_are_the_evaluation_pass_embeddings(trained):
     model.embed_ecg(raw_mv.transpose(0, 2, 1), sample_rate=100)
   with pytest.raises(FileNotFoundError, match="no checkpoint for step 7"):
     ecgclip_jax.load(f"{workdir}@7")
+
+
+def test_text_features_by_report_length_are_the_full_length_features(trained):
+  """Model.text_features (what text.precompute_features feeds the train step) pads each
+  group of reports only to its length bucket: in source order, the pooled features of one
+  pass at text.max_length (float32; atol 1e-5), which the projection turns into the
+  model's report embeddings."""
+  _, workdir, config = trained
+  model = ecgclip_jax.load(str(workdir))
+  train = sources.open_dataset(config.data).source("train")
+  counts = pipeline.token_counts(train, model.tokenizer, config.text.max_length)
+  assert len(np.unique(np.minimum(-(-counts // 8) * 8, config.text.max_length))) >= 2
+  full = model.embed_source(train, ("text_features", "text_emb"), label_feature=None)
+  features = model.text_features(train)
+  np.testing.assert_allclose(features, full["text_features"], rtol=0, atol=1e-5)
+  projected = jax.jit(lambda weights, x: model.model_def.model(*weights).project_text(x))
+  np.testing.assert_allclose(projected(model.weights, features), full["text_emb"], rtol=0,
+                             atol=1e-5)
 
 
 def test_export_round_trip_needs_no_workdir_tfds_or_checkpoint(trained, tmp_path):

@@ -178,6 +178,37 @@ def test_accumulated_gradients_equal_full_batch_gradients_for_the_softmax_loss(s
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 
+def test_a_step_on_precomputed_text_features_equals_the_step_on_tokens(small):
+  """With the text tower frozen, the step on its pooled features (text.precompute_features:
+  computed once, in other batches) gives the step on tokens: the same loss, gradient norm
+  and new parameters (float32; rtol 1e-5 / atol 1e-6). And no tokens are needed."""
+  config, state = small
+  trainer = train_state.Trainer(copy.deepcopy(config))
+  assert trainer.precomputes_text_features and not trainer.text_trains
+  batch = _random_batch(config, np.random.default_rng(), 32)
+  features = jax.jit(trainer.model_def.text_features)
+  halves = [features(state.params, state.model_state, batch["input_ids"][rows],
+                     batch["attention_mask"][rows]) for rows in (slice(0, 20), slice(20, 32))]
+  step = jax.jit(trainer.train_step)
+  on_tokens, tokens_metrics = step(state, batch)
+  on_features, features_metrics = step(state, {"ecg": batch["ecg"],
+                                               "text_features": jnp.concatenate(halves)})
+  for name in ("loss", "grad_norm"):
+    np.testing.assert_allclose(features_metrics[name], tokens_metrics[name], rtol=1e-5)
+  for got, want in zip(jax.tree.leaves(on_features.params), jax.tree.leaves(on_tokens.params)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("top,precompute,expected", [
+    (0, True, True), (0, False, False), (1, True, False), (-1, True, False)])
+def test_text_features_are_precomputed_only_for_a_frozen_tower(small, top, precompute,
+                                                               expected):
+  config = copy.deepcopy(small[0])
+  config.text.trainable_top_layers = top
+  config.text.precompute_features = precompute
+  assert train_state.Trainer(config).precomputes_text_features == expected
+
+
 def test_bfloat16_computes_in_bfloat16_on_float32_parameters(small):
   """model.dtype="bfloat16": every convolution (forward and backward) and the text tower's
   matmuls run in bfloat16, while parameters, optimizer state and gradients stay float32

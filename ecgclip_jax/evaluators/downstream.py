@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from ecgclip_jax import api, inference
-from ecgclip_jax.data import sources
+from ecgclip_jax.data import pipeline, sources
 from ecgclip_jax.evaluators import (finetune, fractions, linear_probe, metrics, results, tasks,
                                    zero_shot)
 from ecgclip_jax.interpret import curves, embedding_map
@@ -63,19 +63,6 @@ class SplitData:
   known: np.ndarray  # bool [N, T]
   features: np.ndarray  # [N, D] frozen-encoder features
   ecg_emb: np.ndarray  # [N, E] unit embeddings (zero-shot)
-
-
-class Subset(collections.abc.Sequence):
-  """The records of `source` at `indices` (task-file rows matched to dataset records)."""
-
-  def __init__(self, source, indices: np.ndarray):
-    self.source, self.indices = source, np.asarray(indices)
-
-  def __len__(self) -> int:
-    return len(self.indices)
-
-  def __getitem__(self, i):
-    return self.source[int(self.indices[i])]
 
 
 def load_run(workdir: str | None, step: int | None, init: str,
@@ -161,7 +148,7 @@ def prepare_splits(task_set: tasks.TaskSet, dataset: sources.Dataset, run: Run,
     if table is not None:
       record_ids = [source[i]["record_id"] for i in range(len(source))]
       indices, labels, known = tasks.join_task_table(table, record_ids, split=split)
-      source = Subset(source, indices)
+      source = pipeline.Subset(source, indices)  # task-file rows matched to records
     print(f"{role}: {full_name} split {split!r}, {len(source)} records", flush=True)
     key = f"{run.identity}|{full_name}|{split}|{fingerprint.hexdigest()[:16]}"
     out = embed_cached(run.model, source,

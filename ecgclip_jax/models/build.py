@@ -110,6 +110,11 @@ class ModelDef:
     """The ECG tower's pooled features before the projection: what linear probes read."""
     return self.model(params, model_state).ecg_encoder(ecg, train=False)
 
+  def text_features(self, params: Params, model_state: Params, input_ids: jax.Array,
+                    attention_mask: jax.Array) -> jax.Array:
+    """The text tower's pooled features before the projection (text.precompute_features)."""
+    return self.model(params, model_state).text_features(input_ids, attention_mask)
+
   def embed_text(self, params: Params, model_state: Params, input_ids: jax.Array,
                  attention_mask: jax.Array) -> jax.Array:
     return self.model(params, model_state).encode_text(input_ids, attention_mask)

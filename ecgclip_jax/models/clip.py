@@ -54,10 +54,20 @@ class ECGCLIP(nnx.Module):
                   dropout_rngs: nnx.Rngs | None = None, first_dropout_layer: int = -1) -> jax.Array:
     """Report embeddings; dropout runs only when `dropout_rngs` is given (training), and from
     `first_dropout_layer` up (see bert.BertEncoder)."""
+    return self.project_text(self.text_features(input_ids, attention_mask, dropout_rngs,
+                                                first_dropout_layer))
+
+  def text_features(self, input_ids: jax.Array, attention_mask: jax.Array,
+                    dropout_rngs: nnx.Rngs | None = None,
+                    first_dropout_layer: int = -1) -> jax.Array:
+    """The text tower's pooled features `[B, H]`, before the projection."""
     hidden = self.text_encoder(input_ids, attention_mask, dropout_rngs=dropout_rngs,
                                first_dropout_layer=first_dropout_layer)
-    pooled = bert_lib.pool(hidden, attention_mask, self.text_pooling)
-    return l2_normalize(self.text_projection(pooled))
+    return bert_lib.pool(hidden, attention_mask, self.text_pooling)
+
+  def project_text(self, features: jax.Array) -> jax.Array:
+    """Unit report embeddings from pooled text features (`text_features`)."""
+    return l2_normalize(self.text_projection(features))
 
   def scale(self) -> jax.Array:
     log_scale = self.logit_scale[...] if isinstance(self.logit_scale, nnx.Param) else self.logit_scale

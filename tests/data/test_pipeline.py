@@ -227,6 +227,38 @@ def test_start_step_resumes_the_stream_in_any_layout(source, tokenizer):
   assert resumed == full[4 * 10:]
 
 
+def test_precomputed_text_features_travel_with_their_records(source):
+  """Without a tokenizer, a `WithTextFeatures` source's batches carry each record's own
+  feature row in place of tokens, over several epochs and 2 processes."""
+  features = np.random.default_rng().standard_normal((N_RECORDS, 8)).astype(np.float32)
+  lookup = ecg_index(source)
+  for process in range(2):
+    it = train_iter(pipeline.WithTextFeatures(source, features), None,
+                    per_process_batch_size=5, process_index=process, process_count=2)
+    for batch in itertools.islice(it, 2 * N_RECORDS // 10):
+      assert "input_ids" not in batch and batch["text_features"].dtype == np.float32
+      np.testing.assert_array_equal(batch["text_features"],
+                                    features[batch_indices(batch, lookup)])
+  with pytest.raises(ValueError, match="49 text features for 50 records"):
+    pipeline.WithTextFeatures(source, features[1:])
+
+
+def test_read_threads_give_the_same_batches(source, tokenizer):
+  """Reading a batch ahead in threads (data.read_threads) changes when records are read,
+  not which rows a batch holds; evaluation passes likewise."""
+  lookup = ecg_index(source)
+  in_thread = global_stream(source, tokenizer, lookup, processes=2, steps=6)
+  assert global_stream(source, tokenizer, lookup, processes=2, steps=6,
+                       read_threads=4) == in_thread
+  for threaded, plain in zip(eval_batches(source, tokenizer, per_process_batch_size=8,
+                                          process_index=0, process_count=1, read_threads=4),
+                             eval_batches(source, tokenizer, per_process_batch_size=8,
+                                          process_index=0, process_count=1)):
+    assert threaded.keys() == plain.keys()
+    for key in plain:
+      np.testing.assert_array_equal(threaded[key], plain[key])
+
+
 def test_grain_worker_processes_give_the_same_global_batches(source, tokenizer):
   """grain batches each worker's records separately; the sampler accounts for that."""
   lookup = ecg_index(source)
