@@ -190,16 +190,14 @@ class Model:
     max_length = self.config.text.max_length
     buckets = np.minimum(-(-pipeline.token_counts(source, self.tokenizer, max_length) // 8) * 8,
                          max_length)
-    features = None
+    hidden = self.model_def.abstract_weights[0]["text_projection"]["kernel"].shape[0]
+    features = np.zeros((len(source), hidden), np.float32)
     for length in np.unique(buckets):
       rows = np.flatnonzero(buckets == length)
-      part = self.embed_source(
+      features[rows] = self.embed_source(
           pipeline.Subset(source, rows), ("text_features",), label_feature=None,
           progress=f"{progress}, reports of up to {length} tokens",
           max_text_length=int(length))["text_features"]
-      if features is None:
-        features = np.empty((len(source), part.shape[1]), part.dtype)
-      features[rows] = part
     return features
 
   def _embed_prepared(self, ecg, lead_mask, output: str) -> np.ndarray:
