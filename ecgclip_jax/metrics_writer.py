@@ -11,15 +11,33 @@ import jax
 from etils import epath
 
 
+def _entry_step(line: str) -> int | None:
+  """The step of one JSON line; None if the line is not a whole entry."""
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return None
+
+
 def read_jsonl_until(path: epath.Path, step: int) -> str:
   """The lines of a per-step JSON-lines file up to `step`, rewritten without the later ones:
-  a run resumed from `step` writes those steps again, so a killed run leaves no duplicates."""
+  a run resumed from `step` writes those steps again, so a killed run leaves no duplicates.
+  A half-written last line (a kill during the append) is dropped with a notice; a damaged
+  line before it is an error, since that is not how an append fails."""
   if not path.exists():
     return ""
-  lines = [line for line in path.read_text().splitlines(keepends=True)
-           if line.strip() and json.loads(line)["step"] <= step]
-  path.write_text("".join(lines))
-  return "".join(lines)
+  lines = [line for line in path.read_text().splitlines(keepends=True) if line.strip()]
+  steps = [_entry_step(line) for line in lines]
+  if steps and steps[-1] is None:
+    print(f"{path}: dropped a half-written last line (the run was stopped while writing "
+          f"it): {lines[-1].strip()[:80]!r}", flush=True)
+    lines, steps = lines[:-1], steps[:-1]
+  if None in steps:
+    raise ValueError(f"{path}, line {steps.index(None) + 1}: not a JSON entry with a step; "
+                     f"the file is damaged (move it aside to resume)")
+  kept = "".join(line for line, entry_step in zip(lines, steps) if entry_step <= step)
+  path.write_text(kept)
+  return kept
 
 
 class MetricWriter:

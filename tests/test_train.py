@@ -31,20 +31,27 @@ def test_train_writes_checkpoints_metrics_and_eval(tiny_config, tmp_path, capsys
   assert "macro (zero-shot)" in out
 
 
-def test_resume_from_a_checkpoint_continues_exactly(tiny_config, tmp_path):
+def test_resume_from_a_checkpoint_continues_exactly(tiny_config, tmp_path, capsys):
   """Resuming from the step-2 checkpoint of a 4-step run reproduces that run's step 4:
-  parameters, BatchNorm statistics, optimizer state and data-iterator position all restored."""
+  parameters, BatchNorm statistics, optimizer state and data-iterator position all restored.
+  The logs a kill -9 left mid-append (a torn last line) are resumed too."""
   tiny_config.eval.at_end_of_training = False
   straight_dir = tmp_path / "straight"
   straight = training.train_and_evaluate(tiny_config, str(straight_dir))
 
   resumed_dir = tmp_path / "resumed"
   shutil.copytree(straight_dir / "checkpoints" / "2", resumed_dir / "checkpoints" / "2")
+  straight_lines = [json.loads(l) for l in open(straight_dir / "metrics.jsonl")]
+  logged = open(straight_dir / "metrics.jsonl").read().splitlines(keepends=True)
+  (resumed_dir / "metrics.jsonl").write_text("".join(logged[:3]) + logged[3][:9])
+  (resumed_dir / "nonfinite_batches.jsonl").write_text('{"step": 1, "loss": "nan", "rec')
+  capsys.readouterr()
   resumed = training.train_and_evaluate(tiny_config, str(resumed_dir))
+  assert capsys.readouterr().out.count("dropped a half-written last line") == 2
   assert int(resumed.step) == 4
   lines = [json.loads(l) for l in open(resumed_dir / "metrics.jsonl")]
-  assert [l["step"] for l in lines] == [3, 4]  # it did not start over
-  straight_lines = [json.loads(l) for l in open(straight_dir / "metrics.jsonl")]
+  assert [l["step"] for l in lines] == [1, 2, 3, 4]  # steps 1-2 kept; 3-4 written again
+  assert (resumed_dir / "nonfinite_batches.jsonl").read_text() == ""
   assert lines[-1]["loss"] == pytest.approx(straight_lines[-1]["loss"], rel=1e-5)
   for name in ("params", "model_state", "opt_state"):
     for a, b in zip(jax.tree.leaves(getattr(straight, name)), jax.tree.leaves(getattr(resumed, name))):
