@@ -106,6 +106,17 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
                   weight_decay=o.weight_decay, mask=decay_mask))
 
 
+def applied_learning_rate(config: ml_collections.ConfigDict, opt_state: optax.OptState
+                          ) -> jax.Array:
+  """The learning rate an update from `opt_state` applies: the schedule at the optimizer's own
+  count of applied updates, which a skipped non-finite step does not advance (the step
+  number does)."""
+  is_schedule = lambda x: isinstance(x, optax.ScaleByScheduleState)
+  (schedule_state,) = [x for x in jax.tree.leaves(opt_state, is_leaf=is_schedule)
+                       if is_schedule(x)]
+  return learning_rate_schedule(config)(schedule_state.count)
+
+
 def all_finite(tree) -> jax.Array:
   """True when no array of `tree` holds a NaN or Inf (integer arrays always pass)."""
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)] or
@@ -287,7 +298,7 @@ class Trainer:
                              updated, state.replace(step=state.step + 1))
     model = self.model(state.params, state.model_state)  # the scale and bias the loss used
     metrics = {"loss": loss, "logit_scale": model.scale(), "grad_norm": optax.tree.norm(grads),
-               "learning_rate": learning_rate_schedule(self.config)(state.step),
+               "learning_rate": applied_learning_rate(self.config, state.opt_state),
                "finite": finite, "nonfinite_grads": nonfinite_grads}
     if model.bias() is not None:
       metrics["logit_bias"] = model.bias()

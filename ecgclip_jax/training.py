@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import jax
 import ml_collections
+from etils import epath
 
 from ecgclip_jax import (api, checkpoint, evaluation, inference, nonfinite, parallel, preemption,
                          preflight, train_state)
@@ -44,6 +45,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Checks a user can act on, before any data is read or anything compiles.
   # =====================================================================================
   preflight.check_run(config, workdir)
+  if jax.process_index() == 0:  # what this start runs with, readable before any checkpoint
+    (epath.Path(workdir) / "config.json").write_text(config.to_json(indent=2) + "\n")
   encoder_dir = build.text_encoder_dir(config)
   mesh = parallel.make_mesh(config.mesh)
   per_process_batch = parallel.check_batch_size(config.batch_size, mesh)

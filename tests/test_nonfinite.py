@@ -73,6 +73,15 @@ def test_skip_policy_skips_counts_and_records_the_batch(tiny_config, tmp_path, c
   assert record_id(records[POISONED]) not in out  # ids go to the file, not the console
   logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert logged[-1]["nonfinite_steps"] == 2
+  # The learning rate logged is the one each update applied: the schedule at the count of
+  # updates applied before it, which the skipped steps did not advance.
+  skipped_steps = {entry["step"] for entry in skipped}
+  schedule = train_state.learning_rate_schedule(tiny_config)
+  for line in logged:
+    applied_before = sum(1 for s in range(1, line["step"]) if s not in skipped_steps)
+    assert line["learning_rate"] == pytest.approx(float(schedule(applied_before)), rel=1e-6)
+  assert any(float(schedule(line["step"] - 1)) != pytest.approx(line["learning_rate"])
+             for line in logged)  # the step number would have said otherwise
   assert checkpoint.make_manager(str(tmp_path), read_only=True).all_steps() == [2, 4]
 
 

@@ -23,6 +23,8 @@ def test_train_writes_checkpoints_metrics_and_eval(tiny_config, tmp_path, capsys
   assert [l["step"] for l in lines] == [1, 2, 3, 4]
   assert all(np.isfinite(l["loss"]) and l["logit_scale"] > 0 for l in lines)
   assert os.listdir(os.path.join(workdir, "tensorboard"))
+  assert json.load(open(os.path.join(workdir, "config.json"))) == json.loads(
+      tiny_config.to_json())  # the resolved config, readable without Orbax
   metrics = json.load(open(os.path.join(workdir, "eval", "4", "metrics.json")))
   assert metrics["step"] == 4
   assert 0 <= metrics["zero_shot"]["macro"]["auroc"] <= 1
