@@ -150,7 +150,6 @@ class Trainer:
     first_trainable = first_trainable_text_layer(config.text.trainable_top_layers,
                                                  self.num_text_layers)
     self.text_trains = first_trainable < self.num_text_layers
-    self.precomputes_text_features = precomputes_text_features(config)
     # Frozen layers without dropout are a fixed feature extractor (text.frozen_layers_dropout).
     self.first_dropout_layer = -1 if config.text.frozen_layers_dropout else first_trainable
     self.tx = make_optimizer(config)

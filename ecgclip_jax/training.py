@@ -47,7 +47,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   preflight.check_run(config, workdir)
   if jax.process_index() == 0:  # what this start runs with, readable before any checkpoint
     (epath.Path(workdir) / "config.json").write_text(config.to_json(indent=2) + "\n")
-  encoder_dir = build.text_encoder_dir(config)
   mesh = parallel.make_mesh(config.mesh)
   per_process_batch = parallel.check_batch_size(config.batch_size, mesh)
   trainer = train_state.Trainer(config, mesh)
@@ -84,14 +83,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Data: this process's rows of every global batch, from the restored step on.
   # =====================================================================================
   dataset = sources.open_dataset(config.data)
-  tokenizer = hf_import.load_tokenizer(encoder_dir)
   if train_source is None:
     train_source = dataset.source(config.data.train_split)
-  if trainer.precomputes_text_features:  # the same on every start: the tower is frozen
+  tokenizer = None  # the step reads precomputed features, not tokens
+  if train_state.precomputes_text_features(config):  # the same on every start: frozen tower
     train_source = pipeline.WithTextFeatures(train_source, _model(
         config, state, workdir, mesh, trainer).text_features(
             train_source, progress="text features of the frozen text tower (once per run)"))
-    tokenizer = None
+  else:
+    tokenizer = hf_import.load_tokenizer(build.text_encoder_dir(config))
   train_iter = pipeline.make_train_iterator(
       train_source, tokenizer=tokenizer, max_text_length=config.text.max_length,
       normalization=config.data.normalization, per_process_batch_size=per_process_batch,

@@ -184,7 +184,7 @@ def test_a_step_on_precomputed_text_features_equals_the_step_on_tokens(small):
   and new parameters (float32; rtol 1e-5 / atol 1e-6). And no tokens are needed."""
   config, state = small
   trainer = train_state.Trainer(copy.deepcopy(config))
-  assert trainer.precomputes_text_features and not trainer.text_trains
+  assert train_state.precomputes_text_features(config) and not trainer.text_trains
   batch = _random_batch(config, np.random.default_rng(), 32)
   features = jax.jit(trainer.model_def.text_features)
   halves = [features(state.params, state.model_state, batch["input_ids"][rows],
@@ -206,7 +206,7 @@ def test_text_features_are_precomputed_only_for_a_frozen_tower(small, top, preco
   config = copy.deepcopy(small[0])
   config.text.trainable_top_layers = top
   config.text.precompute_features = precompute
-  assert train_state.Trainer(config).precomputes_text_features == expected
+  assert train_state.precomputes_text_features(config) == expected
 
 
 def test_bfloat16_computes_in_bfloat16_on_float32_parameters(small):

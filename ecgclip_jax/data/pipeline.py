@@ -291,7 +291,6 @@ def make_ecg_epoch_batches(
     epoch: int,
     process_index: int,
     process_count: int,
-    read_threads: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Yields this process's batches for one epoch over `source[indices]`.
 
@@ -301,7 +300,7 @@ def make_ecg_epoch_batches(
   different every `epoch`; the last incomplete global batch is dropped. Process
   p takes every process_count-th record of that order, so global batch i holds
   the same records whatever the number of processes (b = global / processes).
-  `read_threads`: see `read_options`.
+  Records are read in the consuming thread (`read_options`).
   """
   check_normalization(normalization)
   if global_batch_size % process_count:
@@ -319,5 +318,5 @@ def make_ecg_epoch_batches(
   order = grain.MapDataset.source(np.asarray(indices)).shuffle(seed=seed).repeat()
   order = order[epoch * n : epoch * n + used][process_index::process_count]
   per_process = global_batch_size // process_count
-  return iter(order.map(read).to_iter_dataset(read_options(read_threads, per_process))
+  return iter(order.map(read).to_iter_dataset(read_options(0, per_process))
               .batch(per_process, drop_remainder=True))
