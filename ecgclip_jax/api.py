@@ -17,7 +17,7 @@ import ml_collections
 from etils import epath
 from jax.sharding import Mesh
 
-from ecgclip_jax import config_defaults, inference, model_folder
+from ecgclip_jax import config_defaults, inference, model_folder, storage
 from ecgclip_jax.evaluators import zero_shot
 from ecgclip_jax.models import build
 
@@ -103,7 +103,7 @@ def load_checkpoint(workdir: str, step: int | None = None, *,
   weights = checkpoint.restore_weights(manager, step, abstract)
   if jax.process_index() == 0:
     print(f"restored checkpoint step {step} from {manager.directory}", flush=True)
-  identity = f"{workdir if '://' in workdir else os.path.abspath(workdir)}@{step}"
+  identity = f"{storage.absolute(workdir)}@{step}"
   if like is not None and like.model_def.graphdef == model_def.graphdef and like.mesh == mesh:
     return like.with_weights(weights, name=run_name(workdir, step), identity=identity,
                              step=step)

@@ -23,14 +23,14 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from ecgclip_jax import config_defaults, integrity, train_state
+from ecgclip_jax import config_defaults, integrity, storage, train_state
 
 ITEMS = ("state", "config")
 
 
 def checkpoint_dir(workdir: str) -> str:
   """WORKDIR/checkpoints; local paths made absolute, bucket URLs (gs://...) kept."""
-  return os.path.join(workdir if "://" in workdir else os.path.abspath(workdir), "checkpoints")
+  return os.path.join(storage.absolute(workdir), "checkpoints")
 
 
 def make_manager(workdir: str, *, keep: int = 3, read_only: bool = False,

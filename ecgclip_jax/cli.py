@@ -12,7 +12,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ecgclip_jax import parallel
+from ecgclip_jax import parallel, storage
 
 # What a user can fix from the message alone: shown as one line, not a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, ConnectionError,
@@ -41,6 +41,14 @@ def define_model_flags(workdir_help: str = "Training workdir (checkpoints/) or e
   workdir = flags.DEFINE_string("workdir", None, workdir_help)
   step = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   return workdir, step
+
+
+def define_cache_flag(default: str):
+  """`--cache_dir`: where embeddings computed once are kept (`default` when unset)."""
+  return flags.DEFINE_string(
+      "cache_dir", "", f"Folder for cached embeddings (default: {default}); "
+      "'{process}' in it is replaced by the process index, a private folder per host (each "
+      "then writes its own; a shared folder is written by process 0).")
 
 
 def define_distributed_flags() -> Callable[[], None]:
@@ -133,7 +141,16 @@ def _define_compilation_cache_flag():
 def use_compilation_cache(path: str) -> None:
   if path:
     jax.config.update("jax_compilation_cache_dir",
-                      path if "://" in path else os.path.expanduser(path))
+                      path if storage.is_remote(path) else os.path.expanduser(path))
+
+
+def _flag_paths() -> list[str]:
+  """Every string given to a flag (single or list), for the cloud-client check."""
+  values = []
+  for flag in flags.FLAGS:
+    value = flags.FLAGS[flag].value
+    values += [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)]
+  return values
 
 
 def run(job: Callable[[], object], compilation_cache: bool = True) -> None:
@@ -151,6 +168,8 @@ def run(job: Callable[[], object], compilation_cache: bool = True) -> None:
     verbose = flags.FLAGS["verbosity"].present
     if not verbose:
       logging.set_verbosity(logging.WARNING)
+    if problem := storage.client_problem(_flag_paths()):
+      sys.exit(f"error: {problem}")
     try:
       job()
     except USER_ERRORS as e:

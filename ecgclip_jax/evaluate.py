@@ -29,8 +29,10 @@ def main():
                             "With --watch: stop after this many seconds without a checkpoint.")
   map_options = embedding_map.define_flags()
   flags.mark_flags_as_required(["workdir"])
+  join_run = cli.define_distributed_flags()
 
   def job():
+    join_run()
     if watch.value:
       evaluation.watch(workdir.value, config.value, poll.value, idle.value, map_options())
     else:

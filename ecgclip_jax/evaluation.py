@@ -10,7 +10,6 @@ Writes `WORKDIR/eval/<step>/metrics.json` (and lists the figures beside it under
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import jax
@@ -18,7 +17,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from ecgclip_jax import api, checkpoint, inference
+from ecgclip_jax import api, checkpoint, inference, parallel, storage
 from ecgclip_jax.data import sources
 from ecgclip_jax.evaluators import retrieval, zero_shot
 from ecgclip_jax.interpret import curves, embedding_map
@@ -128,13 +127,17 @@ def watch(workdir: str, config: ml_collections.ConfigDict | None = None,
   print(f"watching {directory} (every {poll_seconds:g} s; stops after the run's final step "
         f"or {idle_timeout:g} s without a new checkpoint)", flush=True)
   while True:
-    if manager is None and os.path.isdir(directory):
+    storage.forget_listings(directory)
+    # What is on the disk is read by process 0 and shared: hosts could see it differently.
+    if manager is None and parallel.from_process_zero(epath.Path(directory).is_dir()):
       manager = checkpoint.make_manager(workdir, read_only=True)
     if manager is not None:
       manager.reload()
-      steps = sorted(manager.all_steps())
+      steps = parallel.from_process_zero(sorted(manager.all_steps()))
+      done = parallel.from_process_zero(
+          [s for s in steps if (epath.Path(workdir) / "eval" / str(s) / "metrics.json").exists()])
       for step in steps:
-        if os.path.exists(os.path.join(workdir, "eval", str(step), "metrics.json")):
+        if step in done:
           continue
         model = api.load_checkpoint(workdir, step, like=model, **api.evaluation_side(config))
         run_evaluation(model, workdir, config.eval if config else None, map_options)
@@ -144,7 +147,7 @@ def watch(workdir: str, config: ml_collections.ConfigDict | None = None,
         final = (config or checkpoint.restore_config(manager, steps[-1])).total_steps
         if final in steps:
           return evaluated
-    if time.time() - last_news > idle_timeout:
+    if parallel.from_process_zero(time.time() - last_news > idle_timeout):
       print(f"no new checkpoint for {idle_timeout:g} s: stopping", flush=True)
       return evaluated
     time.sleep(poll_seconds)

@@ -10,6 +10,8 @@ import os
 import jax
 from etils import epath
 
+from ecgclip_jax import storage
+
 
 def _entry_step(line: str) -> int | None:
   """The step of one JSON line; None if the line is not a whole entry."""
@@ -51,7 +53,7 @@ class MetricWriter:
 
       self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
       self._jsonl_path = epath.Path(workdir) / "metrics.jsonl"
-      self._remote = "://" in workdir
+      self._remote = storage.is_remote(workdir)
       self._lines = read_jsonl_until(self._jsonl_path, first_step)
 
   def write(self, step: int, scalars: dict[str, float]) -> None:

@@ -19,15 +19,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 from typing import Mapping, Sequence
 
 import jax
 import numpy as np
 from etils import epath
+import safetensors.numpy
 from jax.sharding import Mesh
-from safetensors.numpy import load_file, save_file
 
-from ecgclip_jax import config_defaults, inference, passes
+from ecgclip_jax import config_defaults, inference, passes, storage
 from ecgclip_jax.data import signal
 from ecgclip_jax.data.leads import LEAD_NAMES
 from ecgclip_jax.models import build
@@ -149,7 +150,9 @@ def write(model: inference.Model, out_dir: str, metrics: dict | None = None) -> 
   text_dir = build.text_encoder_dir(model.config)
   text_config = json.loads((epath.Path(text_dir) / "config.json").read_text())
   (out / TEXT_DIR / "config.json").write_text(json.dumps(text_config, indent=2))
-  model.tokenizer.save_pretrained(str(out / TEXT_DIR))
+  with tempfile.TemporaryDirectory() as local:  # Hugging Face writes local folders only
+    for name in model.tokenizer.save_pretrained(local):
+      epath.Path(name).copy(out / TEXT_DIR / os.path.basename(name), overwrite=True)
   inputs = model.inputs
   config_json = {
       "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -164,13 +167,23 @@ def write(model: inference.Model, out_dir: str, metrics: dict | None = None) -> 
       "config": json.loads(model.config.to_json()),
   }
   (out / CONFIG_FILE).write_text(json.dumps(config_json, indent=2))
-  save_file(weights, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
+  (out / WEIGHTS_FILE).write_bytes(safetensors.numpy.save(weights, metadata={"format": FORMAT}))
   (out / CARD_FILE).write_text(model_card(model, config_json, metrics))
   return [CONFIG_FILE, WEIGHTS_FILE, CARD_FILE,
           *sorted(f"{TEXT_DIR}/{p.name}" for p in (out / TEXT_DIR).iterdir())]
 
 
 # -------------------------------------------------------------------------------- read
+
+
+def _local_folder(folder: epath.Path) -> str:
+  """`folder` itself, or for one in a bucket a local copy (Hugging Face reads local files)."""
+  if not storage.is_remote(folder):
+    return str(folder)
+  local = tempfile.mkdtemp(prefix="ecgclip-text-")
+  for path in folder.iterdir():
+    path.copy(epath.Path(local) / path.name)
+  return local
 
 
 def read(path: str, *, mesh: Mesh | Mapping[str, int] | None = None,
@@ -182,22 +195,22 @@ def read(path: str, *, mesh: Mesh | Mapping[str, int] | None = None,
     raise ValueError(f"{folder / CONFIG_FILE} has format version {stored['format_version']}; "
                      f"this ecgclip_jax reads up to {FORMAT_VERSION}: upgrade it")
   config = config_defaults.from_stored(stored["config"])
-  config.text.encoder_dir = str(folder / TEXT_DIR)  # architecture and tokenizer only
+  config.text.encoder_dir = _local_folder(folder / TEXT_DIR)  # architecture and tokenizer only
   config.text.pretrained = False
   config.data.normalization = stored["inputs"]["normalization"]
   if batch_size is not None:
     config.eval.batch_size = batch_size
   config_defaults.validate_config(config)
   model_def = build.ModelDef(config)
-  weights = unflatten(load_file(str(folder / WEIGHTS_FILE)), model_def.abstract_weights,
-                      str(folder / WEIGHTS_FILE))
+  weights = unflatten(safetensors.numpy.load((folder / WEIGHTS_FILE).read_bytes()),
+                      model_def.abstract_weights, str(folder / WEIGHTS_FILE))
   mesh = inference.mesh_for(config, mesh, devices)
   weights = jax.device_put(weights, inference.weight_shardings(weights, config, mesh))
   inputs = inference.Inputs(signal.SignalSpec(**stored["inputs"]["signal"]),
                             tuple(stored["label_names"]), stored["prompts"],
                             stored["trained"]["dataset"])
   name = os.path.basename(os.path.normpath(path))
-  where = path if "://" in path else os.path.abspath(path)
   return inference.Model(config, weights, mesh, inputs, name=f"{name} (exported, step "
-                         f"{stored['trained']['step']})", identity=f"folder:{where}",
+                         f"{stored['trained']['step']})",
+                         identity=f"folder:{storage.absolute(path)}",
                          step=stored["trained"]["step"], model_def=model_def)

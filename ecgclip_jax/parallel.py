@@ -7,6 +7,7 @@ array.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -15,6 +16,7 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXES = ("data", "fsdp")  # mesh axes the batch is split over
@@ -173,6 +175,27 @@ def shard_rows(array: np.ndarray, mesh: Mesh) -> jax.Array:
   (each process places only its own devices' rows)."""
   array = np.asarray(array)
   return jax.make_array_from_callback(array.shape, batch_sharding(mesh), lambda i: array[i])
+
+
+def on_every_process(flag: bool) -> bool:
+  """True on every process if `flag` holds on every process (a collective): the one answer
+  to a question each host answers from its own disk, such as "is my cache valid"."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  flags = multihost_utils.process_allgather(np.asarray([flag], np.bool_), tiled=True)
+  return bool(np.all(flags))
+
+
+def from_process_zero(value: Any) -> Any:
+  """Process 0's `value` (anything JSON can carry) on every process (a collective): one
+  answer where hosts could see a file system differently, such as the steps saved so far."""
+  if jax.process_count() == 1:
+    return value
+  data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+  size = int(multihost_utils.broadcast_one_to_all(np.asarray(len(data), np.int64)))
+  padded = np.zeros(size, np.uint8)
+  padded[:min(size, len(data))] = data[:size]
+  return json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(padded))).decode())
 
 
 def bytes_per_device(tree: Any) -> int:

@@ -33,14 +33,18 @@ def main():
   top_k = flags.DEFINE_integer("top_k", 3, "Nearest reports per ECG.", lower_bound=0)
   output = flags.DEFINE_string("output", "", "Write the results to this .json and a .csv "
                                "beside it.")
+  cache_dir = cli.define_cache_flag("WORKDIR/predict_cache")
   flags.mark_flags_as_required(["workdir", "input"])
+  join_run = cli.define_distributed_flags()
 
   def job():
+    join_run()
     paths = [p for value in inputs.value for p in value.split(",") if p]
     arrays = prediction.ArrayFormat(sample_rate.value, tuple(leads.value), units.value)
     prediction.predict_and_write(workdir.value, paths, output.value, step=step.value,
                                  arrays=arrays, prompts=prompts.value,
-                                 bank_split=bank_split.value, top_k=top_k.value)
+                                 bank_split=bank_split.value, top_k=top_k.value,
+                                 cache_dir=cache_dir.value)
 
   cli.run(job)
 

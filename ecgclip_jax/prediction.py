@@ -13,7 +13,8 @@ repair, resampling, filter, length, int16 µV) and then the evaluation input pip
 A score is the cosine similarity between the ECG and the mean embedding of the label's prompts
 (default prompt file: the checkpoint's `eval.prompts`). The report bank holds the distinct
 reports of a split of the checkpoint's dataset, embedded once and cached in
-WORKDIR/predict_cache/ (an exported model folder carries no dataset, so no bank). A file that cannot be used is reported with its reason and the others
+WORKDIR/predict_cache/ or `--cache_dir` (an exported model folder carries no dataset, so no
+bank). A file that cannot be used is reported with its reason and the others
 still run; the exit status is non-zero only when no input could be used. `--output F.json`
 also writes F.csv, one row per input.
 """
@@ -22,15 +23,18 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import os
 import pathlib
 import textwrap
 import time
 
+import jax
 import numpy as np
+from etils import epath
 
-from ecgclip_jax import api, inference, model_folder
+from ecgclip_jax import api, inference, model_folder, storage
 from ecgclip_jax.data import contract, readers, signal, sources
 from ecgclip_jax.data.leads import LEAD_NAMES
 from ecgclip_jax.data.skips import SkipRecord
@@ -134,14 +138,14 @@ def _read_all(paths: list[str], spec: signal.SignalSpec, arrays: ArrayFormat):
 
 
 def report_bank(model: inference.Model, dataset, split: str,
-                cache_file: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                cache_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """The distinct non-empty reports of `split`, how many records share each, and their unit
-  embeddings; cached in `cache_file` while model, dataset and split are unchanged."""
+  embeddings; cached in `cache_dir` while model, dataset and split are unchanged."""
   key = f"{model.identity}|{dataset.builder.info.full_name}|{split}"
-  if os.path.exists(cache_file):
-    with np.load(cache_file) as cached:
-      if str(cached["key"]) == key:
-        return cached["reports"], cached["counts"], cached["embeddings"]
+  name = f"bank-step{model.step}-{split}.npz"
+  cached = storage.load_cache(cache_dir, name, key)
+  if cached is not None:
+    return cached["reports"], cached["counts"], cached["embeddings"]
   start = time.time()
   source = dataset.source(split)
   reports, counts = np.unique([contract.text(source[i]["report"]) for i in range(len(source))],
@@ -150,13 +154,8 @@ def report_bank(model: inference.Model, dataset, split: str,
   print(f"report bank: embedding the {len(reports)} distinct reports of the {len(source)} "
         f"{split} records ...", flush=True)
   embeddings = model.embed_text(list(reports))
-  try:
-    os.makedirs(os.path.dirname(cache_file), exist_ok=True)
-    np.savez(cache_file, key=np.asarray(key), reports=reports, counts=counts,
-             embeddings=embeddings)
-    note = f"cached in {cache_file}"
-  except OSError as e:  # a read-only workdir: the bank is rebuilt next time
-    note = f"not cached: {e}"
+  note = storage.save_cache(cache_dir, name, key,
+                            {"reports": reports, "counts": counts, "embeddings": embeddings})
   print(f"report bank: done in {time.time() - start:.1f} s ({note})", flush=True)
   return reports, counts, embeddings
 
@@ -166,10 +165,11 @@ def report_bank(model: inference.Model, dataset, split: str,
 
 def predict(model_path: str, inputs: list[str], *, step: int | None = None,
             arrays: ArrayFormat = ArrayFormat(), prompts: str = "", bank_split: str = "train",
-            top_k: int = 3) -> dict:
+            top_k: int = 3, cache_dir: str = "") -> dict:
   """Scores and nearest reports of every input, with the model of `model_path` (a training
   workdir or an exported model folder); the result (JSON-ready) has one entry per input
-  under "records", each "ok" or "error" with its reason."""
+  under "records", each "ok" or "error" with its reason. The report bank is cached in
+  `cache_dir` (default MODEL/predict_cache; see storage.cache_folder)."""
   paths = find_inputs(inputs)
   if not paths:
     raise ValueError(f"no ECG files found in {', '.join(inputs)}")
@@ -179,7 +179,7 @@ def predict(model_path: str, inputs: list[str], *, step: int | None = None,
   entries, prepared = _read_all(paths, model.inputs.signal_spec, arrays)
   ok = [i for i, p in enumerate(prepared) if p is not None]
   exported = model_folder.is_model_folder(model_path)
-  result = {"workdir": os.path.abspath(model_path), "step": model.step,
+  result = {"workdir": storage.absolute(model_path), "step": model.step,
             "dataset": model.inputs.dataset,
             "signal_spec": dataclasses.asdict(model.inputs.signal_spec),
             "normalization": model.config.data.normalization,
@@ -199,9 +199,9 @@ def predict(model_path: str, inputs: list[str], *, step: int | None = None,
   if exported and bank_split and top_k > 0:
     print("report bank: none (an exported model folder carries no dataset)", flush=True)
   elif bank_split and top_k > 0:
-    cache = os.path.join(model_path, CACHE_DIR, f"bank-step{model.step}-{bank_split}.npz")
     reports, counts, bank = report_bank(model, sources.open_dataset(model.config.data),
-                                        bank_split, cache)
+                                        bank_split,
+                                        cache_dir or str(epath.Path(model_path) / CACHE_DIR))
     result["report_bank"] = {"split": bank_split, "distinct_reports": len(reports),
                              "records": int(counts.sum())}
     similarity = ecg_emb @ bank.T
@@ -262,17 +262,15 @@ def csv_rows(result: dict, top_k: int) -> tuple[list[str], list[dict]]:
 
 
 def write_outputs(result: dict, json_path: str, top_k: int) -> str:
-  """`json_path` and the CSV beside it; returns the CSV's path."""
-  os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-  with open(json_path, "w", encoding="utf-8") as f:
-    json.dump(result, f, indent=2, ensure_ascii=False)
-    f.write("\n")
-  csv_path = os.path.splitext(json_path)[0] + ".csv"
+  """`json_path` and the CSV beside it (local or in a bucket); returns the CSV's path."""
+  storage.write_text(json_path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+  csv_path = json_path.removesuffix(".json") + ".csv"
   header, rows = csv_rows(result, top_k)
-  with open(csv_path, "w", newline="", encoding="utf-8") as f:
-    writer = csv.DictWriter(f, fieldnames=header, restval="")
-    writer.writeheader()
-    writer.writerows(rows)
+  text = io.StringIO(newline="")
+  writer = csv.DictWriter(text, fieldnames=header, restval="")
+  writer.writeheader()
+  writer.writerows(rows)
+  storage.write_text(csv_path, text.getvalue())
   return csv_path
 
 
@@ -283,9 +281,10 @@ def predict_and_write(model_path: str, inputs: list[str], output: str = "", *,
   if output and not output.endswith(".json"):
     raise ValueError(f"--output must name a .json file (the .csv goes beside it): {output}")
   result = predict(model_path, inputs, top_k=top_k, **options)
-  print(format_text(result), flush=True)
-  if output:
-    print(f"wrote {output} and {write_outputs(result, output, top_k)}", flush=True)
+  if jax.process_index() == 0:  # every process holds the same result
+    print(format_text(result), flush=True)
+    if output:
+      print(f"wrote {output} and {write_outputs(result, output, top_k)}", flush=True)
   if not result["ok"]:
     raise ValueError(f"none of the {result['inputs']} inputs could be used (reasons above)")
   return result

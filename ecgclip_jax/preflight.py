@@ -10,7 +10,7 @@ import jax
 import ml_collections
 from etils import epath
 
-from ecgclip_jax import config_defaults
+from ecgclip_jax import config_defaults, storage
 from ecgclip_jax.data import sources
 from ecgclip_jax.models import build, hf_import
 
@@ -44,6 +44,9 @@ def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """The config, the workdir, the text encoder folder and the dataset."""
   if problems := config_defaults.config_problems(config):
     raise PreflightError(problems)  # the other checks read the config
+  if problem := storage.client_problem([workdir, config.data.data_dir, config.data.manual_dir,
+                                        config.eval.prompts]):
+    raise PreflightError([problem])  # the other checks would reach the missing clients
   problems = [workdir_problem(workdir), sources.dataset_problem(config.data)]
   problems += hf_import.encoder_problems(
       build.text_encoder_dir(config), need_weights=config.text.pretrained,
@@ -59,7 +62,7 @@ def checkpoint_bytes(abstract_state) -> int:
 def check_disk_space(workdir: str, abstract_state) -> None:
   """Room for one more checkpoint (the previous ones stay until it is committed). Buckets
   are not checked."""
-  if "://" in workdir:
+  if storage.is_remote(workdir):
     return
   need = checkpoint_bytes(abstract_state) * DISK_MARGIN
   free = shutil.disk_usage(workdir).free

@@ -39,9 +39,12 @@ def main():
   manual_dir = flags.DEFINE_string("manual_dir", "", "Download to build the dataset from.")
   epochs = flags.DEFINE_integer("finetune_epochs", None, "Fine-tuning epochs (max, early stop).")
   map_options = embedding_map.define_flags()
+  cache_dir = cli.define_cache_flag("OUT/cache")
   flags.mark_flags_as_required(["tasks", "out"])
+  join_run = cli.define_distributed_flags()
 
   def job():
+    join_run()
     run = downstream.load_run(workdir.value, step.value, init.value, config.value)
     finetune_config = finetune.FinetuneConfig()
     if epochs.value is not None:
@@ -51,7 +54,7 @@ def main():
         label_fractions=[float(f) for f in fraction_flag.value], seeds=seeds.value,
         n_bootstrap=n_bootstrap.value, prompts=prompts.value, data_dir=data_dir.value,
         manual_dir=manual_dir.value, finetune_config=finetune_config,
-        map_options=map_options())
+        map_options=map_options(), cache_dir=cache_dir.value)
 
   cli.run(job)
 

@@ -47,7 +47,8 @@ Flags (also as --flag=value):
   --data_dir DIR           passed as --config.data.data_dir=DIR (gs://... on a pod slice)
   --ref REF                git revision to copy (default HEAD; uncommitted changes are
                            not copied, a warning says so)
-  --extras EXTRAS          pip extras to install with the package, e.g. beam
+  --extras EXTRAS          pip extras to install with the package besides gcs (the
+                           clients for gs:// paths, always installed), e.g. beam
   --python PYTHON          Python (>= 3.11) to build the workers' venv with (default
                            python3.11, installed with apt-get when missing)
   --attach                 train: run the trainer in the ssh session on --worker=all and
@@ -251,7 +252,7 @@ do_setup() {
   fi
   run git -C "$repo" archive --format=tar.gz --prefix=ecgclip_jax/ -o "$archive" "$ref"
   run "${tpu[@]}" scp "$archive" "$name:ecgclip_jax.tar.gz" --worker=all "${where[@]}"
-  local package="\"$code_dir${extras:+[$extras]}\""
+  local package="\"${code_dir}[gcs${extras:+,$extras}]\""  # gcs: the clients for gs:// paths
   local install="set -e; rm -rf $code_dir && tar -xzf ecgclip_jax.tar.gz"
   install+=" && { $python -c \"import ensurepip\" 2>/dev/null"
   install+=" || { sudo apt-get update -q && sudo apt-get install -y -q $python $python-venv; }; }"

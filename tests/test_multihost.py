@@ -5,16 +5,20 @@ unreachable coordinator is an error within a bounded time, never a hang."""
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
 from ecgclip_jax import checkpoint
+from ecgclip_jax.evaluators import results
 from train_runs import LOCAL_SH, ROOT, env_with, restored_state, train_command
 
 # Reductions over 4 devices run in another order across 2 processes (gloo) than within one,
@@ -180,3 +184,65 @@ def test_a_peer_that_dies_stops_the_others_within_the_heartbeat_timeout(run_args
   finally:
     for p in procs:
       p.kill()
+
+
+def run_job(module, *args, processes=1):
+  """An evaluation job in 1 process of 4 devices or in 2 processes of 2 (launch/local.sh)."""
+  command = [sys.executable, "-m", f"ecgclip_jax.{module}", *args]
+  if processes > 1:
+    command = ["bash", LOCAL_SH, f"--num_processes={processes}", "--cpu_devices=2", "--",
+               *command]
+  out = subprocess.run(command, cwd=ROOT, text=True, capture_output=True, timeout=600,
+                       env=env_with(JAX_NUM_CPU_DEVICES="4"))
+  assert out.returncode == 0, out.stdout + out.stderr
+  return out.stdout
+
+
+def macro_scores(out_dir):
+  return {(r["method"], r["task"]): (r["prauc"], r["auroc"])
+          for r in results.read_results(out_dir / "results.csv") if r["prauc"] is not None}
+
+
+def test_evaluate_probe_and_predict_in_two_processes_give_the_one_process_outputs(
+    one_by_four, tmp_path):
+  """Two processes with private cache folders ('{process}'), one of which has lost its
+  cache: every process still takes the same branch (recomputes), nothing hangs, and the
+  outputs match one process (to float32 rounding of the sharded passes)."""
+  eval_file = one_by_four / "eval" / "3" / "metrics.json"
+  run_job("evaluate", f"--workdir={one_by_four}", "--embedding_map=none")
+  one = json.loads(eval_file.read_text())
+  run_job("evaluate", f"--workdir={one_by_four}", "--embedding_map=none", processes=2)
+  two = json.loads(eval_file.read_text())
+  for section in ("zero_shot", "retrieval"):
+    np.testing.assert_allclose(*(np.array(jax.tree.leaves(r[section]), float)
+                                 for r in (two, one)), rtol=1e-4, atol=1e-6)
+
+  task_set = json.loads((Path(ROOT) / "configs" / "tasks" / "synthetic.json").read_text())
+  (tmp_path / "tiny.json").write_text(json.dumps(task_set | {"num_patients": 40}))
+  probe = ["--workdir", str(one_by_four), "--tasks", str(tmp_path / "tiny.json"),
+           "--methods=linear_probe", "--fractions=1.0", "--seeds=1", "--n_bootstrap=10",
+           "--embedding_map=none", f"--cache_dir={tmp_path}/cache-{{process}}"]
+  run_job("probe", *probe, f"--out={tmp_path / 'one'}")
+  out = run_job("probe", *probe, f"--out={tmp_path / 'two'}", processes=2)
+  assert "cached in" in out and os.path.exists(tmp_path / "cache-1" / "test.npz")
+  shutil.rmtree(tmp_path / "cache-1")  # process 0 still has its cache, process 1 not
+  out = run_job("probe", *probe, f"--out={tmp_path / 'again'}", processes=2)
+  assert "[0]   embedded" in out, out  # process 0 recomputed with process 1: no hang
+  one = macro_scores(tmp_path / "one")
+  for other in ("two", "again"):
+    scores = macro_scores(tmp_path / other)
+    assert scores.keys() == one.keys()
+    np.testing.assert_allclose(list(scores.values()), list(one.values()), rtol=1e-3)
+
+  ecg = tmp_path / "ecg.npy"
+  np.save(ecg, np.random.default_rng(0).normal(size=(1000, 12)).astype(np.float32))
+  predict = ["--workdir", str(one_by_four), f"--input={ecg}", "--sample_rate=100",
+             f"--cache_dir={tmp_path}/bank-{{process}}"]
+  run_job("predict", *predict, f"--output={tmp_path / 'one.json'}")
+  run_job("predict", *predict, f"--output={tmp_path / 'two.json'}", processes=2)
+  one, two = (json.loads((tmp_path / f"{n}.json").read_text())["records"][0]
+              for n in ("one", "two"))
+  assert [r["report"] for r in one["nearest_reports"]] == [
+      r["report"] for r in two["nearest_reports"]]
+  np.testing.assert_allclose(list(two["scores"].values()), list(one["scores"].values()),
+                             atol=1e-3)

@@ -163,7 +163,8 @@ def test_predict_a_folder_of_every_format_with_bad_files(tiny_config, tmp_path, 
                                                                      near["similarity"])
 
   # The bank is cached in the workdir: not embedded the second time.
-  cache = tmp_path / "run" / prediction.CACHE_DIR / "bank-step2-train.npz"
+  cache = tmp_path / "run" / prediction.CACHE_DIR
+  assert (cache / "bank-step2-train.npz").is_file()
   capsys.readouterr()
   reports, counts, _ = prediction.report_bank(model, dataset, "train", str(cache))
   assert "report bank: embedding" not in capsys.readouterr().out

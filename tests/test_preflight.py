@@ -166,3 +166,14 @@ def test_a_stored_config_is_laid_over_todays_defaults():
   validate_config(config)
   assert config.data.num_samples == 500 and "eval_split" not in config.data
   assert config.nonfinite.to_dict() == default_config().nonfinite.to_dict()
+
+
+def test_a_cloud_path_whose_client_is_missing_is_named_in_one_line(monkeypatch):
+  from ecgclip_jax import storage
+  assert storage.client_problem(["workdirs/x", "gs://bucket/x"]) is None  # the gcs extra
+  monkeypatch.setitem(storage.CLIENTS, "gs", (("gcsfs", "gcsfs"),
+                                              ("no_such_client_module", "no-such-client")))
+  assert storage.client_problem(["workdirs/x", "gs://bucket/x"]) == (
+      "gs:// paths need no-such-client, not installed here: pip install 'ecgclip_jax[gcs]'")
+  assert storage.client_problem(["workdirs/x", ""]) is None
+  assert "s3:// paths are not supported" in storage.client_problem(["s3://bucket/x"])

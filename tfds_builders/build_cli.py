@@ -2,20 +2,28 @@
 folder, reachable without TensorFlow (the `tfds` script imports it at start-up).
 
 Writes array_record unless `--file_format` says otherwise (tfrecord would need TensorFlow).
+A `--data_dir` in a bucket is built locally and uploaded (ecgclip_jax.storage).
 A corpus that cannot be built at all (wrong folder, missing index file) stops with one line.
 """
 
+import dataclasses
 import sys
 
 from absl import app
 from tensorflow_datasets.scripts.cli import build, cli_utils
 
+from ecgclip_jax import storage
 from ecgclip_jax.data.skips import CorpusError
 
 
 def _build(args) -> None:
+  """Builds; a `--data_dir` in a bucket is built in a local staging folder and uploaded."""
+  data_dir = args.paths.data_dir
   try:
-    args.execute()
+    with storage.local_data_dir(data_dir) as local:
+      if local != data_dir:
+        args = dataclasses.replace(args, paths=dataclasses.replace(args.paths, data_dir=local))
+      args.execute()
   except CorpusError as e:
     sys.exit(f"error: {e}")
 

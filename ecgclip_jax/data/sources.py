@@ -16,9 +16,11 @@ from typing import Callable
 
 import jax
 import ml_collections
+from etils import epath
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
+from ecgclip_jax import storage
 from ecgclip_jax.data import signal
 
 SYNTHETIC = "synthetic_ecg_reports"
@@ -99,7 +101,7 @@ def dataset_problem(data_config: ml_collections.ConfigDict) -> str | None:
             f"set data.manual_dir to the download to build it on first use, or build it with "
             f"`python -m tfds_builders.{data_config.name} --config {data_config.builder_config} "
             f"--manual_dir DOWNLOAD --data_dir {builder.data_dir_root}`")
-  if not os.path.isdir(data_config.manual_dir):
+  if not epath.Path(data_config.manual_dir).is_dir():
     return f"data.manual_dir {data_config.manual_dir!r} (the {name} download) does not exist"
   return None
 
@@ -110,17 +112,21 @@ def _prepared_builder(data_config: ml_collections.ConfigDict) -> tfds.core.Datas
   builder = _builder(data_config)
   if builder.is_prepared():
     return builder
-  if data_config.name == SYNTHETIC:  # generated here: nothing to download
+  if data_config.name == SYNTHETIC:
     print(f"Building {builder.info.full_name} in {builder.data_dir}{_other_builds(builder)} ...",
           flush=True)
-    builder.download_and_prepare()
-    return builder
-  name = f"{data_config.name}/{data_config.builder_config}"
-  print(f"Building {name} from {data_config.manual_dir} into {builder.data_dir_root}"
-        f"{_other_builds(builder)} ...", flush=True)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=data_config.manual_dir))
-  return builder
+  else:
+    print(f"Building {data_config.name}/{data_config.builder_config} from "
+          f"{data_config.manual_dir} into {builder.data_dir_root}{_other_builds(builder)} ...",
+          flush=True)
+  with storage.local_data_dir(str(builder.data_dir_root)) as local_dir:
+    local_config = ml_collections.ConfigDict(data_config.to_dict())
+    local_config.data_dir = local_dir
+    download_config = None  # the synthetic corpus is generated here: nothing to download
+    if data_config.name != SYNTHETIC:
+      download_config = tfds.download.DownloadConfig(manual_dir=data_config.manual_dir)
+    _builder(local_config).download_and_prepare(download_config=download_config)
+  return _builder(data_config)
 
 
 def _built_by_process_zero(

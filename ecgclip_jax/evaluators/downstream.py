@@ -6,7 +6,8 @@ A pre-trained run rebuilds its model from the config stored in its checkpoint (`
 the latest); a random-init baseline builds the same architecture from `--config` with fresh
 weights, so every table can put them side by side (`python -m ecgclip_jax.compare`).
 `--tasks` names a task set (configs/tasks/<name>.json, or a path). Frozen-encoder features
-are computed once per split, sharded over all local devices, and cached under OUT/cache/.
+are computed once per split, sharded over all local devices, and cached under OUT/cache/
+(or `--cache_dir`).
 Writes OUT/results.csv, OUT/results.md and OUT/meta.json, and prints a one-screen summary;
 beside them, PR and ROC curves per method and label fraction and a t-SNE map of the test ECG
 embeddings (--embedding_map umap|none), listed in results.md.
@@ -18,14 +19,14 @@ import collections.abc
 import dataclasses
 import hashlib
 import json
-import os
 import time
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
-from ecgclip_jax import api, inference
+from ecgclip_jax import api, inference, storage
 from ecgclip_jax.data import pipeline, sources
 from ecgclip_jax.evaluators import (finetune, fractions, linear_probe, metrics, results, tasks,
                                    zero_shot)
@@ -101,25 +102,22 @@ def open_task_data(task_set: tasks.TaskSet, config: ml_collections.ConfigDict,
   return dataset
 
 
-def embed_cached(model: inference.Model, source, label_feature: str, cache_file: str,
-                 key: str, progress: str) -> dict[str, np.ndarray]:
+def embed_cached(model: inference.Model, source, label_feature: str, cache_dir: str,
+                 name: str, key: str, progress: str) -> dict[str, np.ndarray]:
   """Frozen-encoder features, unit embeddings and labels of every record of `source`,
   computed once and reused while `key` (run, dataset, split, tasks) is unchanged."""
-  if os.path.exists(cache_file):
-    with np.load(cache_file) as cached:
-      if str(cached["key"]) == key:
-        return {name: cached[name] for name in ("features", "ecg_emb", "labels")}
+  cached = storage.load_cache(cache_dir, name, key)
+  if cached is not None:
+    return cached
   start = time.time()
   out = model.embed_source(source, ("features", "ecg_emb"), label_feature, progress=progress)
-  if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(cache_file), exist_ok=True)
-    np.savez(cache_file, key=np.asarray(key), **out)
-  print(f"  embedded {len(source)} records in {time.time() - start:.1f} s", flush=True)
+  note = storage.save_cache(cache_dir, name, key, out)
+  print(f"  embedded {len(source)} records in {time.time() - start:.1f} s ({note})", flush=True)
   return out
 
 
 def prepare_splits(task_set: tasks.TaskSet, dataset: sources.Dataset, run: Run,
-                   out_dir: str) -> tuple[list[str], dict[str, SplitData]]:
+                   cache_dir: str) -> tuple[list[str], dict[str, SplitData]]:
   """Task names, and per split role its source, features, labels and known-mask."""
   full_name = dataset.builder.info.full_name
   table = None
@@ -140,8 +138,7 @@ def prepare_splits(task_set: tasks.TaskSet, dataset: sources.Dataset, run: Run,
   fingerprint = hashlib.sha256(json.dumps(dataclasses.asdict(task_set), sort_keys=True,
                                           default=str).encode())
   if table is not None:  # an edited task file must not meet features cached for the old one
-    with open(task_set.task_file, "rb") as f:
-      fingerprint.update(f.read())
+    fingerprint.update(epath.Path(task_set.task_file).read_bytes())
   splits = {}
   for role, split in task_set.splits.items():
     source = dataset.source(split)
@@ -153,7 +150,7 @@ def prepare_splits(task_set: tasks.TaskSet, dataset: sources.Dataset, run: Run,
     key = f"{run.identity}|{full_name}|{split}|{fingerprint.hexdigest()[:16]}"
     out = embed_cached(run.model, source,
                        task_set.label_feature if table is None else "labels",
-                       os.path.join(out_dir, "cache", f"{role}.npz"), key,
+                       cache_dir, f"{role}.npz", key,
                        progress=f"embedding {role} ({split})")
     if table is None:
       labels = out["labels"]
@@ -223,14 +220,17 @@ def write_figures(out_dir: str, run: Run, names: list[str], test: SplitData,
 def run_probe(run: Run, task_set: tasks.TaskSet, out_dir: str, *, methods, label_fractions,
               seeds: int, n_bootstrap: int, prompts: str, data_dir: str = "",
               manual_dir: str = "", probe_config=None, finetune_config=None,
-              map_options: embedding_map.MapOptions = embedding_map.MapOptions()) -> list[dict]:
-  """Every method x label fraction x seed on the task set; writes and returns result rows."""
+              map_options: embedding_map.MapOptions = embedding_map.MapOptions(),
+              cache_dir: str = "") -> list[dict]:
+  """Every method x label fraction x seed on the task set; writes and returns result rows.
+  Features are cached in `cache_dir` (default OUT/cache; see storage.cache_folder)."""
   start = time.time()
   unknown = sorted(set(methods) - set(METHODS))
   if unknown:
     raise ValueError(f"unknown method(s) {unknown}; choose from {METHODS}")
   dataset = open_task_data(task_set, run.config, data_dir, manual_dir)
-  names, splits = prepare_splits(task_set, dataset, run, out_dir)
+  names, splits = prepare_splits(task_set, dataset, run,
+                                 cache_dir or str(epath.Path(out_dir) / "cache"))
   probe_config = probe_config or linear_probe.LinearProbeConfig()
   finetune_config = finetune_config or finetune.FinetuneConfig()
   rows, scored = [], []  # scored: (method, fraction, task columns, test scores) for the curves
@@ -276,6 +276,6 @@ def run_probe(run: Run, task_set: tasks.TaskSet, out_dir: str, *, methods, label
     meta["figures"] = write_figures(out_dir, run, names, splits["test"], scored, map_options)
     results.write_results(out_dir, rows, meta)
     print(results.format_summary(rows), flush=True)
-    print(f"wrote {os.path.join(out_dir, 'results.csv')}, results.md and "
+    print(f"wrote {epath.Path(out_dir) / 'results.csv'}, results.md and "
           f"{len(meta['figures'])} figures", flush=True)
   return rows

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import collections
 import csv
+import io
 import json
-import os
+
+from etils import epath
 
 FIELDS = ("run", "method", "fraction", "seeds", "task", "n", "positives", "prevalence",
           "prauc", "prauc_lo", "prauc_hi", "prauc_std", "auroc", "auroc_lo", "auroc_hi",
@@ -43,18 +45,19 @@ def rows_from_metrics(metrics: dict, run: str, method: str, fraction: float,
   return rows
 
 
-def write_csv(path: str, rows: list[dict]) -> None:
-  with open(path, "w", newline="", encoding="utf-8") as f:
-    writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: "" if row.get(k) is None else row[k] for k in FIELDS})
+def write_csv(path: epath.Path, rows: list[dict]) -> None:
+  text = io.StringIO(newline="")
+  writer = csv.DictWriter(text, fieldnames=FIELDS, extrasaction="ignore")
+  writer.writeheader()
+  for row in rows:
+    writer.writerow({k: "" if row.get(k) is None else row[k] for k in FIELDS})
+  path.write_text(text.getvalue(), encoding="utf-8")
 
 
-def read_results(path: str) -> list[dict]:
+def read_results(path: epath.PathLike) -> list[dict]:
   """results.csv back as rows with their types (empty cells: None)."""
-  with open(path, newline="", encoding="utf-8") as f:
-    rows = list(csv.DictReader(f))
+  text = epath.Path(path).read_text(encoding="utf-8")
+  rows = list(csv.DictReader(io.StringIO(text, newline="")))
   for row in rows:
     for key, value in row.items():
       if value == "":
@@ -154,13 +157,11 @@ def format_markdown(rows: list[dict], meta: dict) -> str:
 
 def write_results(out_dir: str, rows: list[dict], meta: dict) -> None:
   """results.csv (every row), results.md (a table per method and metric) and meta.json."""
-  os.makedirs(out_dir, exist_ok=True)
-  write_csv(os.path.join(out_dir, "results.csv"), rows)
-  with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
-    f.write(format_markdown(rows, meta))
-  with open(os.path.join(out_dir, "meta.json"), "w", encoding="utf-8") as f:
-    json.dump(meta, f, indent=2, default=str)
-    f.write("\n")
+  out = epath.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  write_csv(out / "results.csv", rows)
+  (out / "results.md").write_text(format_markdown(rows, meta))
+  (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
 
 def format_summary(rows: list[dict]) -> str:
@@ -185,8 +186,8 @@ def load_runs(run_dirs: list[str]) -> list[dict]:
   """Every row of every folder, with `run` made unique across folders."""
   per_dir = []
   for run_dir in run_dirs:
-    path = os.path.join(run_dir, "results.csv")
-    if not os.path.isfile(path):
+    path = epath.Path(run_dir) / "results.csv"
+    if not path.is_file():
       raise FileNotFoundError(f"no results.csv in {run_dir} (expected the output folder of "
                               "python -m ecgclip_jax.probe)")
     per_dir.append(read_results(path))
@@ -196,7 +197,7 @@ def load_runs(run_dirs: list[str]) -> list[dict]:
       folders_of[row["run"]].add(run_dir)
   merged = []
   for run_dir, rows in zip(run_dirs, per_dir):
-    folder = os.path.basename(os.path.normpath(run_dir))
+    folder = epath.Path(run_dir).name
     for row in rows:
       if len(folders_of[row["run"]]) > 1:
         row = {**row, "run": f"{folder}: {row['run']}"}

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import operator
 import os
 
 import numpy as np
+from etils import epath
 
-from ecgclip_jax import paths
+from ecgclip_jax import paths, storage
 from ecgclip_jax.data import contract
 
 TASKS_DIR = os.path.join(paths.PROJECT_ROOT, "configs", "tasks")
@@ -96,11 +98,11 @@ def _check_type(where: str, key: str, value, kinds, allow_none=False):
 def load_task_set(path: str) -> TaskSet:
   """Reads and checks a task-set JSON file; relative paths in it resolve against its folder,
   then the project checkout."""
-  with open(path, encoding="utf-8") as f:
-    try:
-      raw = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"task set {path}: not valid JSON ({e})") from None
+  path = storage.absolute(path)
+  try:
+    raw = json.loads(epath.Path(path).read_text(encoding="utf-8"))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"task set {path}: not valid JSON ({e})") from None
   where = f"task set {path}"
   if not isinstance(raw, dict):
     raise ValueError(f"{where}: must be a JSON object")
@@ -131,7 +133,7 @@ def load_task_set(path: str) -> TaskSet:
   if spec and not task_file:
     raise ValueError(f"{where}: task_spec describes the columns of a task_file; none is set")
   if task_file:
-    task_file = paths.resolve_file(task_file, os.path.dirname(os.path.abspath(path)), "task file")
+    task_file = paths.resolve_file(task_file, os.path.dirname(path), "task file")
   return TaskSet(
       name=raw["name"], dataset=raw["dataset"], builder_config=raw["builder_config"],
       description=raw.get("description", ""), label_feature=raw.get("label_feature", "labels"),
@@ -139,7 +141,7 @@ def load_task_set(path: str) -> TaskSet:
       splits={role: splits.get(role, role) for role in SPLIT_ROLES},
       min_positives=min_positives, num_patients=num_patients, corpus_seed=corpus_seed,
       task_file=task_file,
-      task_spec=spec or None, path=os.path.abspath(path))
+      task_spec=spec or None, path=path)
 
 
 def available_task_sets() -> list[str]:
@@ -149,11 +151,13 @@ def available_task_sets() -> list[str]:
 def resolve_task_set(name_or_path: str) -> TaskSet:
   """A bare name is configs/tasks/<name>.json; anything else a path to a task-set file,
   looked up in the current directory, then in the project checkout."""
-  candidates = [name_or_path, os.path.join(paths.PROJECT_ROOT, name_or_path)]
-  if os.sep not in name_or_path and not name_or_path.endswith(".json"):
-    candidates.insert(0, os.path.join(TASKS_DIR, f"{name_or_path}.json"))
+  candidates = [name_or_path]
+  if not storage.is_remote(name_or_path):
+    candidates.append(os.path.join(paths.PROJECT_ROOT, name_or_path))
+    if os.sep not in name_or_path and not name_or_path.endswith(".json"):
+      candidates.insert(0, os.path.join(TASKS_DIR, f"{name_or_path}.json"))
   for candidate in candidates:
-    if os.path.isfile(candidate):
+    if epath.Path(candidate).is_file():
       return load_task_set(candidate)
   raise FileNotFoundError(f"task set not found: {name_or_path} (a JSON file, or one of "
                           f"{', '.join(available_task_sets())})")
@@ -201,7 +205,7 @@ def load_task_file(path: str, spec: dict | None = None) -> TaskTable:
   is listed in `problems` with its line number. A missing column is a ValueError.
   """
   check_task_spec(spec, f"task file {path}")
-  with open(path, newline="", encoding="utf-8-sig") as f:
+  with io.StringIO(epath.Path(path).read_text(encoding="utf-8-sig"), newline="") as f:
     reader = csv.reader(f)
     header = next(reader, None)
     if not header:

@@ -7,6 +7,7 @@ import os
 from typing import Callable
 
 import numpy as np
+from etils import epath
 
 from ecgclip_jax import paths
 from ecgclip_jax.evaluators import metrics
@@ -19,8 +20,7 @@ def resolve_prompt_file(path: str) -> str:
 
 def load_prompts(path: str, label_names: list[str]) -> dict[str, list[str]]:
   """Reads `{label: [prompt, ...]}`; every label named must exist in the dataset."""
-  with open(resolve_prompt_file(path), encoding="utf-8") as f:
-    prompts = json.load(f)
+  prompts = json.loads(epath.Path(resolve_prompt_file(path)).read_text(encoding="utf-8"))
   unknown = sorted(set(prompts) - set(label_names))
   if unknown:
     raise ValueError(f"prompt file {path} names labels the dataset does not have: {unknown}")

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from typing import Iterable, Iterator
 
 import numpy as np
+from etils import epath
 
 from ecgclip_jax import inference, parallel
 from ecgclip_jax.data import contract, normalize, sources, synthetic
@@ -182,7 +182,7 @@ def run_explain(model: inference.Model, out_dir: str, *, classes: list[str], spl
   chosen = select(synthetic_examples(dataset, split) if annotated
                   else stored_examples(dataset.source(split)),
                   {c: dataset.label_names.index(c) for c in classes}, max_records)
-  os.makedirs(out_dir, exist_ok=True)
+  epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
 
   results, per_record, deletion = {}, [], []
   for name in classes:
@@ -230,10 +230,10 @@ def run_explain(model: inference.Model, out_dir: str, *, classes: list[str], spl
 
   if results:
     print(localization.format_table(results), flush=True)
-    with open(os.path.join(out_dir, "localization.json"), "w", encoding="utf-8") as f:
-      json.dump({"run": model.name, "split": split, "target": target_kind, "versus": versus,
-                 "control": control, "saliency": dataclasses.asdict(config),
-                 "summary": [{"finding": c, "method": m, **s} for (c, m), s in results.items()],
-                 "deletion": deletion, "records": per_record}, f, indent=2)
+    (epath.Path(out_dir) / "localization.json").write_text(json.dumps(
+        {"run": model.name, "split": split, "target": target_kind, "versus": versus,
+         "control": control, "saliency": dataclasses.asdict(config),
+         "summary": [{"finding": c, "method": m, **s} for (c, m), s in results.items()],
+         "deletion": deletion, "records": per_record}, indent=2))
   print(f"wrote {out_dir}", flush=True)
   return results
