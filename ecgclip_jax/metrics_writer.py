@@ -44,14 +44,17 @@ def read_jsonl_until(path: epath.Path, step: int) -> str:
 
 class MetricWriter:
   """Writes scalars from process 0 only; other processes hold a no-op writer. `first_step`
-  is the step the run starts after: anything logged beyond it by a killed run is dropped."""
+  is the step the run starts after: anything logged beyond it by a killed run is dropped
+  (from the JSON lines; in TensorBoard, a purge marker at `first_step + 1` hides the older
+  event files' later steps, so redone steps show once)."""
 
   def __init__(self, workdir: str, first_step: int = 0):
     self._active = jax.process_index() == 0
     if self._active:
       from tensorboardX import SummaryWriter  # only process 0 writes events
 
-      self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                        purge_step=first_step + 1 if first_step else None)
       self._jsonl_path = epath.Path(workdir) / "metrics.jsonl"
       self._remote = storage.is_remote(workdir)
       self._lines = read_jsonl_until(self._jsonl_path, first_step)

@@ -426,11 +426,12 @@ def test_build_cli_turns_corpus_errors_into_one_line():
   def fail():
     raise skips.CorpusError("/data/ptbxl: no such folder")
 
+  local = types.SimpleNamespace(data_dir="")  # TFDS's default data_dir: nothing staged
   with pytest.raises(SystemExit) as e:
-    build_cli._build(types.SimpleNamespace(execute=fail))
+    build_cli._build(types.SimpleNamespace(execute=fail, paths=local))
   assert e.value.code == "error: /data/ptbxl: no such folder"
   with pytest.raises(ZeroDivisionError):  # anything else is a bug: the traceback is kept
-    build_cli._build(types.SimpleNamespace(execute=lambda: 1 / 0))
+    build_cli._build(types.SimpleNamespace(execute=lambda: 1 / 0, paths=local))
 
 
 BUILDER_PACKAGE = {
