@@ -22,6 +22,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
+from orbax.checkpoint.checkpoint_managers import preservation_policy
 
 from ecgclip_jax import config_defaults, integrity, storage, train_state
 
@@ -33,13 +34,20 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(storage.absolute(workdir), "checkpoints")
 
 
-def make_manager(workdir: str, *, keep: int = 3, read_only: bool = False,
+def make_manager(workdir: str, *, keep: int = 3, keep_every: int = 0, read_only: bool = False,
                  before_commit: Callable[[], None] | None = None) -> ocp.CheckpointManager:
-  """The caller decides when a save is due; the manager keeps the newest `keep`.
-  `before_commit` runs on process 0 once every process has written a step, before Orbax
-  commits it."""
+  """The caller decides when a save is due; the manager keeps the newest `keep` and, with
+  `keep_every`, every step divisible by it (Orbax's preservation policies), so probes can
+  restore earlier steps. `before_commit` runs on process 0 once every process has written
+  a step, before Orbax commits it."""
+  policy = None
+  if not read_only:
+    policies = [preservation_policy.LatestN(keep)]
+    if keep_every:
+      policies.append(preservation_policy.EveryNSteps(keep_every))
+    policy = preservation_policy.AnyPreservationPolicy(policies)
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=None if read_only else keep, create=not read_only,
+      preservation_policy=policy, create=not read_only,
       enable_async_checkpointing=True, read_only=read_only,
       async_options=ocp.AsyncOptions(post_finalization_callback=before_commit))
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
@@ -65,11 +73,12 @@ class SealedCheckpoints:
   before Orbax commits it (on process 0, once every process has written its part), and
   `restore_newest_intact` checks the seal before trusting a step."""
 
-  def __init__(self, workdir: str, keep: int):
+  def __init__(self, workdir: str, keep: int, keep_every: int = 0):
     self.directory = epath.Path(checkpoint_dir(workdir))
     self.unusable_directory = self.directory.parent / "checkpoints_unusable"
     self._saving: int | None = None
-    self.manager = make_manager(workdir, keep=keep, before_commit=self._seal)
+    self.manager = make_manager(workdir, keep=keep, keep_every=keep_every,
+                                before_commit=self._seal)
 
   def _seal(self) -> None:
     """Runs after every process has written the step and before Orbax commits it: the

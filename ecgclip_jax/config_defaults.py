@@ -106,7 +106,8 @@ def default_config() -> ml_collections.ConfigDict:
   )
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
-  c.keep_checkpoints = 3
+  c.keep_checkpoints = 3  # the newest N checkpoints are kept ...
+  c.keep_checkpoints_every = 0  # ... and every step divisible by K (0: none), for probes
 
   c.eval = dict(
       split="test",
@@ -167,6 +168,8 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
               "nonfinite.max_consecutive"):
     if lookup(config, key) <= 0:
       problems.append(f"{key} must be positive, got {lookup(config, key)}")
+  if config.keep_checkpoints_every < 0:
+    problems.append(f"keep_checkpoints_every must be >= 0, got {config.keep_checkpoints_every}")
   return problems
 
 

@@ -62,7 +62,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   shardings = parallel.state_shardings(shapes, mesh, config.sharding.fsdp_min_size)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           shapes, shardings)
-  checkpoints = checkpoint.SealedCheckpoints(workdir, keep=config.keep_checkpoints)
+  checkpoints = checkpoint.SealedCheckpoints(workdir, keep=config.keep_checkpoints,
+                                             keep_every=config.keep_checkpoints_every)
   restored_step, state = checkpoints.restore_newest_intact(abstract, log)
   if state is None:
     state = jax.device_put(
