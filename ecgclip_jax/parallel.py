@@ -193,9 +193,8 @@ def from_process_zero(value: Any) -> Any:
     return value
   data = np.frombuffer(json.dumps(value).encode(), np.uint8)
   size = int(multihost_utils.broadcast_one_to_all(np.asarray(len(data), np.int64)))
-  padded = np.zeros(size, np.uint8)
-  padded[:min(size, len(data))] = data[:size]
-  return json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(padded))).decode())
+  buffer = data if jax.process_index() == 0 else np.zeros(size, np.uint8)  # same shape
+  return json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buffer))).decode())
 
 
 def bytes_per_device(tree: Any) -> int:

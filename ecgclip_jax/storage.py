@@ -38,13 +38,11 @@ def client_problem(paths) -> str | None:
   """One line naming the clients that the cloud paths among `paths` need but this
   environment lacks, or None."""
   schemes = sorted({os.fspath(p).split("://", 1)[0] for p in paths if p and is_remote(p)})
-  missing = {}
+  missing = []
   for scheme in schemes:
     if scheme not in CLIENTS:
       return f"{scheme}:// paths are not supported (only {', '.join(CLIENTS)}://)"
-    for module, package in CLIENTS[scheme]:
-      if _spec_missing(module):
-        missing[package] = scheme
+    missing += [package for module, package in CLIENTS[scheme] if _spec_missing(module)]
   if not missing:
     return None
   return (f"{', '.join(f'{s}://' for s in schemes)} paths need {', '.join(missing)}, not "

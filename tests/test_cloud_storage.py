@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from etils import epath
 
 import gcs_emulator
-from ecgclip_jax import storage
 from test_kill_resume import assert_bit_identical
 from train_runs import ROOT, env_with, restored_state, train_command
 
@@ -66,7 +66,7 @@ def run(command, gcs, cwd):
 
 
 def committed(workdir, step):
-  return (storage.epath.Path(workdir) / "checkpoints" / str(step) / "commit_success.txt").exists()
+  return (epath.Path(workdir) / "checkpoints" / str(step) / "commit_success.txt").exists()
 
 
 def test_a_run_kept_in_a_bucket(run_args, tmp_path, gcs):
@@ -104,13 +104,13 @@ def test_a_run_kept_in_a_bucket(run_args, tmp_path, gcs):
   assert evaluated == saved, watched
   assert any(f.startswith("tensorboard/events.out.tfevents") for f in files), files
   logged = [json.loads(line)["step"] for line in
-            (storage.epath.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+            (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
   assert logged == list(range(1, STEPS + 1))
 
   # probe: the task set, the run, the features cache and the results in the bucket.
   task_set = json.loads((Path(ROOT) / "configs" / "tasks" / "synthetic.json").read_text())
   task_set["num_patients"] = 40  # the tiny run's corpus
-  (storage.epath.Path(BUCKET) / "tasks" / "tiny.json").write_text(json.dumps(task_set))
+  (epath.Path(BUCKET) / "tasks" / "tiny.json").write_text(json.dumps(task_set))
   probe = [sys.executable, "-m", "ecgclip_jax.probe", f"--workdir={workdir}",
            f"--tasks={BUCKET}/tasks/tiny.json", f"--out={BUCKET}/probe", "--methods=linear_probe",
            "--fractions=1.0", "--seeds=1", "--n_bootstrap=10", "--embedding_map=none"]
@@ -125,9 +125,9 @@ def test_a_run_kept_in_a_bucket(run_args, tmp_path, gcs):
   out = run([sys.executable, "-m", "ecgclip_jax.predict", f"--workdir={workdir}",
              f"--input={ecg}", "--sample_rate=100", f"--output={BUCKET}/predict/out.json"],
             gcs, cwd)
-  predicted = json.loads(storage.epath.Path(f"{BUCKET}/predict/out.json").read_text())
+  predicted = json.loads(epath.Path(f"{BUCKET}/predict/out.json").read_text())
   assert predicted["ok"] == 1 and predicted["records"][0]["nearest_reports"], out
-  assert storage.epath.Path(f"{BUCKET}/predict/out.csv").exists()
+  assert epath.Path(f"{BUCKET}/predict/out.csv").exists()
   assert any(f.startswith("predict_cache/bank-") for f in gcs_emulator.files_under(workdir))
 
   assert os.listdir(cwd) == [], "written to the local disk instead of the bucket"

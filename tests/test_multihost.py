@@ -186,9 +186,8 @@ def test_a_peer_that_dies_stops_the_others_within_the_heartbeat_timeout(run_args
       p.kill()
 
 
-def run_job(module, *args, processes=1):
-  """An evaluation job in 1 process of 4 devices or in 2 processes of 2 (launch/local.sh)."""
-  command = [sys.executable, "-m", f"ecgclip_jax.{module}", *args]
+def run_job_command(command, processes=2):
+  """`command` in 1 process of 4 devices or in `processes` of 2 (launch/local.sh)."""
   if processes > 1:
     command = ["bash", LOCAL_SH, f"--num_processes={processes}", "--cpu_devices=2", "--",
                *command]
@@ -196,6 +195,11 @@ def run_job(module, *args, processes=1):
                        env=env_with(JAX_NUM_CPU_DEVICES="4"))
   assert out.returncode == 0, out.stdout + out.stderr
   return out.stdout
+
+
+def run_job(module, *args, processes=1):
+  """An evaluation job (python -m ecgclip_jax.MODULE), in 1 process or several."""
+  return run_job_command([sys.executable, "-m", f"ecgclip_jax.{module}", *args], processes)
 
 
 def macro_scores(out_dir):
@@ -246,3 +250,22 @@ def test_evaluate_probe_and_predict_in_two_processes_give_the_one_process_output
       r["report"] for r in two["nearest_reports"]]
   np.testing.assert_allclose(list(two["scores"].values()), list(one["scores"].values()),
                              atol=1e-3)
+
+
+AGREEMENT = """
+from ecgclip_jax import parallel
+parallel.initialize_distributed()
+import jax
+i = jax.process_index()
+print("zero", parallel.from_process_zero({"steps": [2, 4][: 2 - i], "seen": f"process {i}"}))
+print("every", parallel.on_every_process(True), parallel.on_every_process(i == 0))
+"""
+
+
+def test_answers_agreed_across_processes():
+  """Process 0's answer reaches every process (values of different sizes on each), and a
+  flag holds everywhere only if it holds on every process."""
+  out = run_job_command([sys.executable, "-c", AGREEMENT])
+  for process in (0, 1):
+    assert f"[{process}] zero {{'steps': [2, 4], 'seen': 'process 0'}}" in out, out
+    assert f"[{process}] every True False" in out, out

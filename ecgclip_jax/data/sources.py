@@ -112,19 +112,18 @@ def _prepared_builder(data_config: ml_collections.ConfigDict) -> tfds.core.Datas
   builder = _builder(data_config)
   if builder.is_prepared():
     return builder
-  if data_config.name == SYNTHETIC:
+  if data_config.name == SYNTHETIC:  # generated here: nothing to download
+    download_config = None
     print(f"Building {builder.info.full_name} in {builder.data_dir}{_other_builds(builder)} ...",
           flush=True)
   else:
+    download_config = tfds.download.DownloadConfig(manual_dir=data_config.manual_dir)
     print(f"Building {data_config.name}/{data_config.builder_config} from "
           f"{data_config.manual_dir} into {builder.data_dir_root}{_other_builds(builder)} ...",
           flush=True)
   with storage.local_data_dir(str(builder.data_dir_root)) as local_dir:
     local_config = ml_collections.ConfigDict(data_config.to_dict())
     local_config.data_dir = local_dir
-    download_config = None  # the synthetic corpus is generated here: nothing to download
-    if data_config.name != SYNTHETIC:
-      download_config = tfds.download.DownloadConfig(manual_dir=data_config.manual_dir)
     _builder(local_config).download_and_prepare(download_config=download_config)
   return _builder(data_config)
 
