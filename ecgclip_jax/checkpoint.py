@@ -24,7 +24,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
-from ecgclip_jax import config_defaults, integrity, storage, train_state
+from ecgclip_jax import config_defaults, integrity, parallel, storage, train_state
 
 ITEMS = ("state", "config")
 
@@ -97,19 +97,30 @@ class SealedCheckpoints:
                             log: Callable[[str], None]) -> tuple[int | None, Any]:
     """`(step, state)` of the newest step that passes its seal and restores, or
     `(None, None)` when there is none. Each step passed over is reported in one line and
-    moved aside (by process 0; every process checks the same files, so all agree). A sealed
+    moved aside. The seal is checked once, by process 0 (it reads every byte of the step),
+    and its verdict shared; a restore counts only if it succeeded on every process. A sealed
     step whose files are intact but do not restore (the config changed the model) is an
     error, not damage: it stays where it is."""
-    for step in sorted(self.manager.all_steps(), reverse=True):
+    steps = parallel.from_process_zero(
+        sorted(self.manager.all_steps(), reverse=True) if jax.process_index() == 0 else None)
+    for step in steps:
       folder = self.directory / str(step)
-      problem = integrity.problem(folder)
+      problem, sealed = parallel.from_process_zero(
+          (integrity.problem(folder), integrity.is_sealed(folder))
+          if jax.process_index() == 0 else None)
       if problem is None:
+        state, error = None, None
         try:
-          return step, restore(self.manager, step, abstract_state)
+          state = restore(self.manager, step, abstract_state)
         except Exception as e:  # TensorStore and Orbax raise many kinds  # noqa: BLE001
-          if integrity.is_sealed(folder):
-            raise  # its files are intact: the config does not fit it; nothing to set aside
-          problem = f"restore failed: {str(e).splitlines()[0][:200]}"
+          error = e
+        if parallel.on_every_process(error is None):
+          return step, state
+        if sealed:  # its files are intact: the config does not fit it; nothing to set aside
+          raise error or RuntimeError(f"checkpoint step {step} failed to restore on another "
+                                      "process (its files are intact)")
+        problem = ("restore failed: " + (str(error).strip().split("\n")[0][:200] if error
+                                         else "on another process"))
       log(f"checkpoint step {step} is unusable: {problem}; moved to "
           f"{self.unusable_directory / str(step)}, trying the previous step")
       if jax.process_index() == 0:

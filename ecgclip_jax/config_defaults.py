@@ -109,6 +109,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3  # the newest N checkpoints are kept ...
   c.keep_checkpoints_every = 0  # ... and every step divisible by K (0: none), for probes
 
+  # A jax.profiler trace of steps start_step .. start_step+num_steps-1 (0 steps: none) into
+  # WORKDIR/tensorboard, for TensorBoard's Profile tab. Start after the compile and warm-up.
+  c.profile = dict(start_step=10, num_steps=0)
+
   c.eval = dict(
       split="test",
       batch_size=256,  # global
@@ -168,8 +172,11 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
               "nonfinite.max_consecutive"):
     if lookup(config, key) <= 0:
       problems.append(f"{key} must be positive, got {lookup(config, key)}")
-  if config.keep_checkpoints_every < 0:
-    problems.append(f"keep_checkpoints_every must be >= 0, got {config.keep_checkpoints_every}")
+  for key in ("keep_checkpoints_every", "profile.num_steps"):
+    if lookup(config, key) < 0:
+      problems.append(f"{key} must be >= 0, got {lookup(config, key)}")
+  if config.profile.start_step <= 0:
+    problems.append(f"profile.start_step must be positive, got {config.profile.start_step}")
   return problems
 
 

@@ -13,6 +13,8 @@ import zlib
 
 from etils import epath
 
+from ecgclip_jax import storage
+
 MANIFEST = "ecgclip_manifest.json"
 COMMIT_MARKER = "commit_success.txt"  # written by Orbax when it commits a step
 STEP_METADATA = "_CHECKPOINT_METADATA"  # Orbax adds the commit time after the seal: must exist
@@ -33,14 +35,9 @@ def _size(path: epath.Path) -> int:
 
 
 def _files(folder: epath.Path) -> list[epath.Path]:
-  """Every file below `folder` (epath has no recursive glob on buckets)."""
-  found = []
-  for path in folder.iterdir():
-    if path.is_dir():
-      found += _files(path)
-    elif path.name != MANIFEST:
-      found.append(path)
-  return sorted(found)
+  """Every file below `folder`, local or in a bucket."""
+  return sorted(epath.Path(root) / name for root, _, names in storage.walk(str(folder))
+                for name in names if name != MANIFEST)
 
 
 def write_manifest(folder: epath.PathLike) -> None:

@@ -2,13 +2,13 @@
 reports of a report bank, for recordings that were never part of a dataset build (the
 predict command, predict.py, is its shell).
 
-Inputs are files or folders (searched recursively): WFDB records (by their `.hea`), CinC
-`.mat` files (read through the `.hea` beside them) and `.npy` arrays, [time, lead] or
-[lead, time], which need `--sample_rate` (shared by every .npy input, as are `--leads`,
-default the 12 standard leads in order, and `--units`). Each input goes through the signal
-preparation of the model's own dataset build (`Inputs.signal_spec`: canonical leads,
-repair, resampling, filter, length, int16 µV) and then the evaluation input pipeline
-(normalization), so the model sees what it saw in training.
+Inputs are files or folders (searched recursively), local or in a bucket (gs://): WFDB
+records (by their `.hea`), CinC `.mat` files (read through the `.hea` beside them) and `.npy`
+arrays, [time, lead] or [lead, time], which need `--sample_rate` (shared by every .npy input,
+as are `--leads`, default the 12 standard leads in order, and `--units`). Each input goes
+through the signal preparation of the model's own dataset build (`Inputs.signal_spec`:
+canonical leads, repair, resampling, filter, length, int16 µV) and then the evaluation input
+pipeline (normalization), so the model sees what it saw in training.
 
 A score is the cosine similarity between the ECG and the mean embedding of the label's prompts
 (default prompt file: the checkpoint's `eval.prompts`). The report bank holds the distinct
@@ -34,7 +34,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from ecgclip_jax import api, inference, model_folder, storage
+from ecgclip_jax import api, caches, inference, model_folder, storage
 from ecgclip_jax.data import contract, readers, signal, sources
 from ecgclip_jax.data.leads import LEAD_NAMES
 from ecgclip_jax.data.skips import SkipRecord
@@ -79,10 +79,10 @@ def find_inputs(paths: list[str]) -> list[str]:
   `.mat` / `.dat` files that lack a `.hea` (reported as errors, not silently dropped)."""
   found = []
   for path in paths:
-    if not os.path.isdir(path):
+    if not epath.Path(path).is_dir():
       found.append(path)
       continue
-    for folder, _, names in sorted(os.walk(path)):
+    for folder, _, names in sorted(storage.walk(path)):
       stems = {os.path.splitext(n)[0] for n in names if n.casefold().endswith(".hea")}
       for name in sorted(names):
         stem, suffix = os.path.splitext(name)
@@ -91,7 +91,7 @@ def find_inputs(paths: list[str]) -> list[str]:
           found.append(os.path.join(folder, name))
   unique = {}
   for path in found:
-    unique.setdefault(_record_key(os.path.abspath(path)), path)
+    unique.setdefault(_record_key(storage.absolute(path)), path)
   return list(unique.values())
 
 
@@ -143,7 +143,7 @@ def report_bank(model: inference.Model, dataset, split: str,
   embeddings; cached in `cache_dir` while model, dataset and split are unchanged."""
   key = f"{model.identity}|{dataset.builder.info.full_name}|{split}"
   name = f"bank-step{model.step}-{split}.npz"
-  cached = storage.load_cache(cache_dir, name, key)
+  cached = caches.load_cache(cache_dir, name, key)
   if cached is not None:
     return cached["reports"], cached["counts"], cached["embeddings"]
   start = time.time()
@@ -154,7 +154,7 @@ def report_bank(model: inference.Model, dataset, split: str,
   print(f"report bank: embedding the {len(reports)} distinct reports of the {len(source)} "
         f"{split} records ...", flush=True)
   embeddings = model.embed_text(list(reports))
-  note = storage.save_cache(cache_dir, name, key,
+  note = caches.save_cache(cache_dir, name, key,
                             {"reports": reports, "counts": counts, "embeddings": embeddings})
   print(f"report bank: done in {time.time() - start:.1f} s ({note})", flush=True)
   return reports, counts, embeddings
@@ -169,7 +169,7 @@ def predict(model_path: str, inputs: list[str], *, step: int | None = None,
   """Scores and nearest reports of every input, with the model of `model_path` (a training
   workdir or an exported model folder); the result (JSON-ready) has one entry per input
   under "records", each "ok" or "error" with its reason. The report bank is cached in
-  `cache_dir` (default MODEL/predict_cache; see storage.cache_folder)."""
+  `cache_dir` (default MODEL/predict_cache; see caches.cache_folder)."""
   paths = find_inputs(inputs)
   if not paths:
     raise ValueError(f"no ECG files found in {', '.join(inputs)}")

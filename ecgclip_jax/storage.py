@@ -1,29 +1,17 @@
 """Files on a local disk or in a bucket (gs://, through etils' epath, which reaches GCS with
-gcsfs: the `gcs` extra): the clients a path needs, builds staged locally and uploaded, and
-the embedding caches that evaluation jobs keep.
-
-Every process of a multi-host job must take the same branch at a collective, so whether a
-cache is usable is agreed by all processes (`parallel.on_every_process`), never decided by
-one host's view of its disk (docs/architecture.md, rule 11)."""
+gcsfs: the `gcs` extra): the clients a path needs, folder walks, builds staged locally and
+uploaded. Imports no JAX: dataset builders and their Beam workers use it."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
-import io
 import os
 import pathlib
 import tempfile
 from typing import Iterator
 
-import jax
-import numpy as np
 from etils import epath
-
-from ecgclip_jax import parallel
-
-PROCESS_FIELD = "{process}"  # in a cache folder: one private folder per process (local SSDs)
-
 
 def is_remote(path) -> bool:
   return "://" in os.fspath(path)
@@ -61,6 +49,18 @@ def absolute(path: str) -> str:
   return path if is_remote(path) else os.path.abspath(path)
 
 
+def walk(folder: str) -> Iterator[tuple[str, list[str], list[str]]]:
+  """`os.walk(folder)` (top-down), also for a folder in a bucket: etils' own walk yields a
+  bucket's folders without their gs://, so fsspec's is used and the scheme put back (one
+  listing per folder)."""
+  if not is_remote(folder):
+    yield from os.walk(folder)
+    return
+  filesystem = epath.backend.fsspec_backend.fs(folder)
+  for root, folders, files in filesystem.walk(folder):
+    yield filesystem.unstrip_protocol(root), folders, files
+
+
 # ------------------------------------------------------------------ builds into a bucket
 # array_record's writer opens local files only (its reader does read gs:// paths), so a
 # build whose data_dir is a bucket is written to a local staging folder and then uploaded,
@@ -88,7 +88,7 @@ def local_data_dir(data_dir: str | None) -> Iterator[str | None]:
 def upload(local_root: str, remote_root: str) -> None:
   files = sorted(p for p in pathlib.Path(local_root).rglob("*") if p.is_file())
   files.sort(key=lambda p: p.name == FINISHED_MARKER)  # stable: markers after everything else
-  print(f"Uploading {len(files)} files of the build to {remote_root} ...", flush=True)
+  print(f"Uploading {len(files)} files to {remote_root} ...", flush=True)
   for path in files:
     target = epath.Path(remote_root) / path.relative_to(local_root)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -108,41 +108,3 @@ def write_text(path: str, text: str) -> None:
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(text)
-
-
-def cache_folder(folder: str) -> str:
-  """This process's cache folder: `folder` with `{process}` set to the process index."""
-  return folder.replace(PROCESS_FIELD, str(jax.process_index()))
-
-
-def _writes_cache(folder: str) -> bool:
-  """Process 0 writes a shared cache folder; every process writes its private one."""
-  return jax.process_index() == 0 or PROCESS_FIELD in folder
-
-
-def load_cache(folder: str, name: str, key: str) -> dict[str, np.ndarray] | None:
-  """The arrays cached as `name` in this process's `folder` under `key`, if every process
-  has them (else None on every process, which then all compute them again together)."""
-  path = epath.Path(cache_folder(folder)) / name
-  arrays = None
-  if path.exists():
-    with np.load(io.BytesIO(path.read_bytes())) as cached:
-      if str(cached["key"]) == key:
-        arrays = {k: cached[k] for k in cached.files if k != "key"}
-  return arrays if parallel.on_every_process(arrays is not None) else None
-
-
-def save_cache(folder: str, name: str, key: str, arrays: dict[str, np.ndarray]) -> str:
-  """Writes the cache (see `_writes_cache`); returns a note for the log. A folder that
-  cannot be written (a read-only workdir) costs only the cache."""
-  path = epath.Path(cache_folder(folder)) / name
-  if not _writes_cache(folder):
-    return f"cached by process 0 in {path}"
-  buffer = io.BytesIO()
-  np.savez(buffer, key=np.asarray(key), **arrays)
-  try:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buffer.getvalue())
-  except OSError as e:
-    return f"not cached: {e}"
-  return f"cached in {path}"

@@ -24,7 +24,7 @@ import ml_collections
 from etils import epath
 
 from ecgclip_jax import (api, checkpoint, evaluation, inference, nonfinite, parallel, preemption,
-                         preflight, train_state)
+                         preflight, profiling, train_state)
 from ecgclip_jax.data import pipeline, sources
 from ecgclip_jax.metrics_writer import MetricWriter
 from ecgclip_jax.models import build, hf_import
@@ -108,13 +108,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer = MetricWriter(workdir, first_step)
   nonfinite_steps = nonfinite.NonFiniteSteps(config.nonfinite, workdir, first_step, log)
   watch = preemption.PreemptionWatch()
+  profile = profiling.ProfileWindow(config.profile, workdir, first_step, log)
   window_start, window_steps = None, 0
   preempted = False
   try:
     for step in range(first_step + 1, config.total_steps + 1):
-      local_batch = next(train_iter)
-      record_ids = local_batch.pop("record_id")
-      state, metrics = step_fn(state, parallel.global_batch(local_batch, mesh))
+      profile.begin(step)
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):  # steps in the trace
+        local_batch = next(train_iter)
+        record_ids = local_batch.pop("record_id")
+        state, metrics = step_fn(state, parallel.global_batch(local_batch, mesh))
+      profile.end(step, metrics)
       nonfinite_steps.watch(step, metrics, record_ids)
       window_steps += 1
       if window_start is None:  # the first step compiles; time from its end
@@ -145,6 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         break
     nonfinite_steps.finish()
   finally:  # also when the loop fails: a save in flight still lands
+    profile.close()
     checkpoints.close()
     watch.close()
     writer.close()

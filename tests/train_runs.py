@@ -2,6 +2,7 @@
 environment, and the state a finished run left in its checkpoints."""
 
 import os
+import re
 import sys
 
 from ecgclip_jax import checkpoint, parallel, train_state
@@ -48,3 +49,15 @@ def make_tiny_config(text_encoder_dir, data_dir):
   c.checkpoint_every_steps = 2
   c.eval.batch_size = 16
   return c
+
+
+def largest_array_file(step_dir):
+  """The biggest of the state's data files (TensorStore's `d/` folders)."""
+  files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+  return max(files, key=os.path.getsize)
+
+
+def truncate_array_file(step_dir):
+  path = largest_array_file(step_dir)
+  os.truncate(path, os.path.getsize(path) // 2)
+  return re.escape(os.path.relpath(path, step_dir)) + r" has [\d,]+ bytes, expected [\d,]+"

@@ -1,4 +1,5 @@
-"""Waveform readers: a file on disk -> millivolts [T, C] with its rate and lead names.
+"""Waveform readers: a file on disk or in a bucket (gs://) -> millivolts [T, C] with its rate
+and lead names.
 
 Every failure becomes a `SkipRecord` with the reason the build report counts, so a builder
 never needs its own try/except around reading: missing files, truncated or unreadable data,
@@ -12,11 +13,14 @@ import dataclasses
 import datetime
 import os
 import pathlib
+import tempfile
 
 import numpy as np
 import wfdb
+from etils import epath
 from wfdb.io import header as wfdb_header
 
+from ecgclip_jax import storage
 from ecgclip_jax.data.skips import SkipRecord
 
 # Physical units a WFDB header may give, as a factor to millivolts.
@@ -40,8 +44,35 @@ def units_to_mv(units: str) -> float:
   return factor
 
 
+def _path(location: str) -> pathlib.Path | epath.Path:
+  """A local file through pathlib (no fsspec layer in a build's hot loop), a bucket's through
+  etils' epath."""
+  return epath.Path(location) if storage.is_remote(location) else pathlib.Path(location)
+
+
+def _size(path: pathlib.Path | epath.Path) -> int:
+  """A file's bytes (pathlib's stat names them st_size, epath's length)."""
+  stat = path.stat()
+  return stat.length if isinstance(path, epath.Path) else stat.st_size
+
+
+def _wfdb(read, record_path: str, file_names=()):
+  """`read` (wfdb.rdheader or wfdb.rdrecord) of a record. One in a bucket is read from a
+  temporary local copy of its header and `file_names`, so that wfdb reads it as it reads a
+  local one: its own gs:// support decodes a header as UTF-8 where it drops a local header's
+  non-ASCII bytes."""
+  if not storage.is_remote(record_path):
+    return read(record_path)
+  remote = epath.Path(record_path)
+  with tempfile.TemporaryDirectory(prefix="ecgclip-wfdb-") as folder:
+    for name in sorted({remote.name + ".hea", *file_names}):
+      pathlib.Path(folder, name).write_bytes((remote.parent / name).read_bytes())
+    return read(os.path.join(folder, remote.name))
+
+
 def read_wfdb(record_path: str | os.PathLike) -> RawSignal:
-  """A WFDB record (`path/NAME` for NAME.hea; its signal file may be .dat or CinC's .mat).
+  """A WFDB record (`path/NAME` for NAME.hea; its signal file may be .dat or CinC's .mat),
+  on the local disk or in a bucket.
 
   The common layout (every signal in format 16 in one file: PTB-XL, MIMIC-IV-ECG, the CinC
   challenges) is read directly with numpy, giving exactly wfdb's values without wfdb's slow
@@ -49,12 +80,12 @@ def read_wfdb(record_path: str | os.PathLike) -> RawSignal:
   record_path = str(record_path)
   for suffix in (".hea", ".dat", ".mat"):
     record_path = record_path.removesuffix(suffix)
-  if not os.path.exists(record_path + ".hea"):
+  if not _path(record_path + ".hea").exists():
     raise SkipRecord("missing_file", f"{record_path}.hea")
   header = _format16_header(record_path + ".hea")
   if header is None:
     try:
-      header = wfdb.rdheader(record_path)
+      header = _wfdb(wfdb.rdheader, record_path)
     except Exception as e:  # wfdb raises bare ValueError/IndexError on malformed headers
       raise SkipRecord("unreadable_signal", f"{record_path}.hea: {e}") from None
   if not getattr(header, "file_name", None):  # a multi-segment header has none
@@ -62,7 +93,7 @@ def read_wfdb(record_path: str | os.PathLike) -> RawSignal:
   if len(header.file_name) != header.n_sig:
     raise SkipRecord("unreadable_signal", f"{record_path}.hea: {len(header.file_name)} signal "
                      f"lines for {header.n_sig} signals")
-  directory = pathlib.Path(record_path).parent
+  directory = _path(record_path).parent
   for name in sorted(set(header.file_name)):
     if not (directory / name).exists():
       raise SkipRecord("missing_file", str(directory / name))
@@ -71,7 +102,7 @@ def read_wfdb(record_path: str | os.PathLike) -> RawSignal:
     signal, record = header.read(directory), header
   else:
     try:
-      record = wfdb.rdrecord(record_path)
+      record = _wfdb(wfdb.rdrecord, record_path, header.file_name)
     except ValueError as e:  # numpy's reshape error: fewer bytes than the header promises
       raise SkipRecord("unreadable_signal", f"{record_path}: {e}") from None
     except Exception as e:
@@ -105,12 +136,13 @@ class _Format16Header:
   sig_name: list[str]
   comments: list[str]
 
-  def read(self, directory: pathlib.Path) -> np.ndarray:
+  def read(self, directory: pathlib.Path | epath.Path) -> np.ndarray:
     """The physical signal [T, C] float64, computed as wfdb's `Record.dac` computes it:
     (digital - baseline) / gain, NaN where the sample holds format 16's missing value."""
-    digital = np.fromfile(directory / self.file_name[0], dtype="<i2",
-                          count=self.sig_len * self.n_sig, offset=self.byte_offset[0])
-    digital = digital.reshape(self.sig_len, self.n_sig)
+    with (directory / self.file_name[0]).open("rb") as file:
+      file.seek(self.byte_offset[0])
+      data = file.read(2 * self.sig_len * self.n_sig)
+    digital = np.frombuffer(data, dtype="<i2").reshape(self.sig_len, self.n_sig)
     physical = digital.astype(np.float64)
     np.subtract(physical, self.baseline, physical)
     np.divide(physical, self.adc_gain, physical)
@@ -126,8 +158,10 @@ def _format16_header(path: str) -> _Format16Header | None:
   it has `_Format16Header`'s layout and every field wfdb would convert converts; None
   otherwise, so that wfdb reads it (and reports what is wrong with it)."""
   try:
-    with open(path, encoding="ascii", errors="ignore") as file:  # as wfdb.rdheader opens it
-      lines, comment_lines = wfdb_header.parse_header_content(file.read())
+    # ASCII, other bytes dropped, as wfdb.rdheader reads a local header (bytes decoded whole:
+    # the same lines as its text read, and epath's open() takes no `errors`).
+    text = _path(path).read_bytes().decode("ascii", errors="ignore")
+    lines, comment_lines = wfdb_header.parse_header_content(text)
     record = wfdb_header.rx_record.match(lines[0]) if lines else None
     if record is None:
       return None
@@ -172,7 +206,7 @@ def _format16_header(path: str) -> _Format16Header | None:
       comments=[line.strip(" \t#") for line in comment_lines])
 
 
-def _check_file_sizes(header, directory: pathlib.Path) -> None:
+def _check_file_sizes(header, directory: pathlib.Path | epath.Path) -> None:
   """Each signal file against the size its header implies (fixed-width formats only): wfdb
   itself reads only the header's `sig_len` samples, so a file holding more goes unnoticed, and
   it fails the same way for a truncated file and for a header promising too many samples.
@@ -192,7 +226,7 @@ def _check_file_sizes(header, directory: pathlib.Path) -> None:
   for name, frame in sorted((k, v) for k, v in frames.items() if v is not None):
     frame_bits, offset = frame
     path = directory / name
-    size = path.stat().st_size
+    size = _size(path)
     expected = offset + -(-header.sig_len * frame_bits // 8)
     data_bits = (size - offset) * 8
     if size <= offset:
@@ -210,11 +244,12 @@ def _check_file_sizes(header, directory: pathlib.Path) -> None:
 def read_npy(path: str | os.PathLike, fs: float, lead_names: list[str],
              units: str = "mV") -> RawSignal:
   """A bare array file: [T, C] (or [C, T] when C matches the lead names) in `units`."""
-  path = pathlib.Path(path)
+  path = _path(str(path))
   if not path.exists():
     raise SkipRecord("missing_file", str(path))
   try:
-    array = np.load(path, allow_pickle=False)
+    with path.open("rb") as file:
+      array = np.load(file, allow_pickle=False)
   except Exception as e:
     raise SkipRecord("unreadable_signal", f"{path}: {type(e).__name__}: {e}") from None
   if array.ndim != 2 or not (np.issubdtype(array.dtype, np.integer)

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from ecgclip_jax import api, inference, storage
+from ecgclip_jax import api, caches, inference
 from ecgclip_jax.data import pipeline, sources
 from ecgclip_jax.evaluators import (finetune, fractions, linear_probe, metrics, results, tasks,
                                    zero_shot)
@@ -106,12 +106,12 @@ def embed_cached(model: inference.Model, source, label_feature: str, cache_dir: 
                  name: str, key: str, progress: str) -> dict[str, np.ndarray]:
   """Frozen-encoder features, unit embeddings and labels of every record of `source`,
   computed once and reused while `key` (run, dataset, split, tasks) is unchanged."""
-  cached = storage.load_cache(cache_dir, name, key)
+  cached = caches.load_cache(cache_dir, name, key)
   if cached is not None:
     return cached
   start = time.time()
   out = model.embed_source(source, ("features", "ecg_emb"), label_feature, progress=progress)
-  note = storage.save_cache(cache_dir, name, key, out)
+  note = caches.save_cache(cache_dir, name, key, out)
   print(f"  embedded {len(source)} records in {time.time() - start:.1f} s ({note})", flush=True)
   return out
 
@@ -223,7 +223,7 @@ def run_probe(run: Run, task_set: tasks.TaskSet, out_dir: str, *, methods, label
               map_options: embedding_map.MapOptions = embedding_map.MapOptions(),
               cache_dir: str = "") -> list[dict]:
   """Every method x label fraction x seed on the task set; writes and returns result rows.
-  Features are cached in `cache_dir` (default OUT/cache; see storage.cache_folder)."""
+  Features are cached in `cache_dir` (default OUT/cache; see caches.cache_folder)."""
   start = time.time()
   unknown = sorted(set(methods) - set(METHODS))
   if unknown:

@@ -35,10 +35,12 @@ names labels outside `label_names`, or when its `split` column puts a patient in
 
 from __future__ import annotations
 
+import codecs
 import collections
 import csv
 import dataclasses
 import functools
+import io
 import json
 import math
 import os
@@ -46,6 +48,7 @@ import pathlib
 
 import tensorflow_datasets as tfds
 from absl import logging
+from etils import epath
 
 from ecgclip_jax.data import contract
 from ecgclip_jax.data import readers
@@ -107,7 +110,7 @@ class Builder(ecg_builder.EcgBuilder):
 
   def list_records(self, manual_dir):
     config = self.builder_config
-    path = find_manifest(pathlib.Path(manual_dir), config.manifest)
+    path = find_manifest(epath.Path(manual_dir), config.manifest)
     required = REQUIRED_COLUMNS if config.require_report else ("path", "patient_id")
     rows = read_manifest(path, required, config.encoding)
     tasks, skipped = [], []
@@ -159,7 +162,7 @@ def read_record(task: ecg_builder.RecordTask,
 # ----------------------------------------------------------------------------- the manifest
 
 
-def find_manifest(manual_dir: pathlib.Path, name: str) -> pathlib.Path:
+def find_manifest(manual_dir: epath.Path, name: str) -> epath.Path:
   """`name` in manual_dir (or an absolute path), else the one of MANIFEST_NAMES there."""
   if name:
     path = manual_dir / name
@@ -176,7 +179,7 @@ def find_manifest(manual_dir: pathlib.Path, name: str) -> pathlib.Path:
   return found[0]
 
 
-def read_manifest(path: pathlib.Path, required: tuple[str, ...] = REQUIRED_COLUMNS,
+def read_manifest(path: epath.Path, required: tuple[str, ...] = REQUIRED_COLUMNS,
                   encoding: str = "utf-8") -> list[dict[str, str]]:
   """The rows as {column: text}: column names stripped and lower-cased, blank or null -> ''."""
   if path.suffix.casefold() == ".parquet":
@@ -198,18 +201,20 @@ def read_manifest(path: pathlib.Path, required: tuple[str, ...] = REQUIRED_COLUM
   return [{name: _text(value) for name, value in zip(names, row)} for row in rows]
 
 
-def _read_csv(path: pathlib.Path, encoding: str) -> tuple[list[str], list[list[str]]]:
+def _read_csv(path: epath.Path, encoding: str) -> tuple[list[str], list[list[str]]]:
   """Header and rows; blank lines are passed over, a line with a wrong field count stops."""
   try:
-    with open(path, newline="", encoding=encoding, errors="replace") as f:
-      reader = csv.reader(f)
-      header, rows = next(reader, []), []
-      for row in reader:
-        if row and len(row) != len(header):
-          raise CorpusError(f"{path}: line {reader.line_num} has {len(row)} fields, the "
-                            f"header {len(header)}")
-        if row:
-          rows.append(row)
+    # epath's open() takes no `errors`; codecs (unlike bytes.decode) rejects an unknown
+    # `encoding` for an empty file too, as open() does
+    text = codecs.decode(path.read_bytes(), encoding, "replace")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header, rows = next(reader, []), []
+    for row in reader:
+      if row and len(row) != len(header):
+        raise CorpusError(f"{path}: line {reader.line_num} has {len(row)} fields, the "
+                          f"header {len(header)}")
+      if row:
+        rows.append(row)
   except (OSError, LookupError, csv.Error) as e:  # LookupError: an unknown `encoding`
     raise CorpusError(f"{path}: not a readable CSV manifest ({type(e).__name__}: {e})") from None
   if not header:
@@ -218,14 +223,15 @@ def _read_csv(path: pathlib.Path, encoding: str) -> tuple[list[str], list[list[s
   return header, rows
 
 
-def _read_parquet(path: pathlib.Path) -> tuple[list[str], list[tuple]]:
+def _read_parquet(path: epath.Path) -> tuple[list[str], list[tuple]]:
   try:
     import pyarrow as pa  # pylint: disable=g-import-not-at-top
     import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
   except ImportError:
     raise CorpusError(f"{path}: a Parquet manifest needs pyarrow (pip install pyarrow)") from None
   try:
-    table = pq.read_table(path)
+    with path.open("rb") as file:
+      table = pq.read_table(file)
   except (OSError, pa.ArrowException) as e:
     message = f"{path}: not a readable Parquet manifest ({type(e).__name__}: {e})"
     raise CorpusError(message) from None
@@ -254,7 +260,7 @@ def _record_id(row: dict[str, str], number: int) -> str:
   return str(path.with_suffix("") if path.suffix.casefold() in SIGNAL_SUFFIXES else path)
 
 
-def _task(row: dict[str, str], record_id: str, folder: pathlib.Path, config: ManifestConfig,
+def _task(row: dict[str, str], record_id: str, folder: epath.Path, config: ManifestConfig,
           labels, age, sex) -> ecg_builder.RecordTask:
   for column in ("path", "patient_id"):
     if not row[column]:

@@ -71,6 +71,7 @@ A folder without any .hea stops the build with one line (`CorpusError`).
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import csv
 import dataclasses
 import pathlib
@@ -80,6 +81,7 @@ from typing import NamedTuple
 import tensorflow_datasets as tfds
 from etils import epath
 
+from ecgclip_jax import storage
 from ecgclip_jax.data import contract
 from ecgclip_jax.data import readers
 from ecgclip_jax.data import signal as signal_lib
@@ -87,6 +89,7 @@ from ecgclip_jax.data.skips import CorpusError
 from tfds_builders import ecg_builder
 
 MAX_AGE = 120
+HEADER_READS = 32  # headers the index pass reads at once, so that a bucket's requests overlap
 
 
 class Source(NamedTuple):
@@ -245,17 +248,20 @@ class Builder(ecg_builder.EcgBuilder):
   def list_records(self, manual_dir: epath.Path):
     """Every *.hea below manual_dir; its comments give labels, age and sex."""
     source = self.builder_config.source
-    headers = sorted(folder / name for folder, _, names in manual_dir.walk()
+    headers = sorted(epath.Path(folder) / name
+                     for folder, _, names in storage.walk(str(manual_dir))
                      for name in names if name.endswith(".hea"))
     if not headers:
       raise CorpusError(f"{manual_dir}: no .hea headers in this folder or below; expected one "
                         f"source's folder of the challenge's training data, e.g. "
                         f"training/{SOURCES[source].folder}/")
+    with concurrent.futures.ThreadPoolExecutor(HEADER_READS) as pool:
+      texts = list(pool.map(lambda header: header.read_bytes().decode("latin-1"), headers))
     self._unknown_codes = collections.Counter()
     tasks, skipped = [], []
-    for header in headers:
+    for header, text in zip(headers, texts):
       record_id = header.stem
-      fields = header_fields(header.read_bytes().decode("latin-1"))
+      fields = header_fields(text)
       try:
         codes = dx_codes(fields.get("dx"))
       except ValueError as e:
