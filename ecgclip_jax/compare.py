@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ecgclip_jax import storage
 from ecgclip_jax.cli import USER_ERRORS
 from ecgclip_jax.evaluators import results
 
@@ -30,8 +31,7 @@ def main(argv: list[str] | None = None) -> None:
   try:
     table = results.comparison(args.run_dirs, args.metric, args.per_task)
     if args.out:
-      with open(args.out, "w", encoding="utf-8") as f:
-        f.write(table + "\n")
+      storage.write_text(args.out, table + "\n")
   except USER_ERRORS as e:
     sys.exit(f"error: {e}")
   print(table)

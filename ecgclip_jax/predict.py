@@ -33,6 +33,9 @@ def main():
   top_k = flags.DEFINE_integer("top_k", 3, "Nearest reports per ECG.", lower_bound=0)
   output = flags.DEFINE_string("output", "", "Write the results to this .json and a .csv "
                                "beside it.")
+  embeddings = flags.DEFINE_string(
+      "embeddings", "", "Also write each usable input's ECG embedding to this .npy "
+      "(structured: record, input, embedding) or .parquet file, for models of your own.")
   cache_dir = cli.define_cache_flag("WORKDIR/predict_cache")
   flags.mark_flags_as_required(["workdir", "input"])
   join_run = cli.define_distributed_flags()
@@ -44,7 +47,7 @@ def main():
     prediction.predict_and_write(workdir.value, paths, output.value, step=step.value,
                                  arrays=arrays, prompts=prompts.value,
                                  bank_split=bank_split.value, top_k=top_k.value,
-                                 cache_dir=cache_dir.value)
+                                 cache_dir=cache_dir.value, embeddings=embeddings.value)
 
   cli.run(job)
 

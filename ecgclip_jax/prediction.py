@@ -165,11 +165,13 @@ def report_bank(model: inference.Model, dataset, split: str,
 
 def predict(model_path: str, inputs: list[str], *, step: int | None = None,
             arrays: ArrayFormat = ArrayFormat(), prompts: str = "", bank_split: str = "train",
-            top_k: int = 3, cache_dir: str = "") -> dict:
+            top_k: int = 3, cache_dir: str = "", embeddings: bool = False) -> dict:
   """Scores and nearest reports of every input, with the model of `model_path` (a training
   workdir or an exported model folder); the result (JSON-ready) has one entry per input
   under "records", each "ok" or "error" with its reason. The report bank is cached in
-  `cache_dir` (default MODEL/predict_cache; see caches.cache_folder)."""
+  `cache_dir` (default MODEL/predict_cache; see caches.cache_folder). With `embeddings`,
+  result["embeddings"] holds the unit ECG embedding of each usable input (an array, rows in
+  the order of the "ok" records; see `write_embeddings`)."""
   paths = find_inputs(inputs)
   if not paths:
     raise ValueError(f"no ECG files found in {', '.join(inputs)}")
@@ -190,6 +192,8 @@ def predict(model_path: str, inputs: list[str], *, step: int | None = None,
     return result
   ecg_emb = model.embed_ecg_prepared(np.stack([prepared[i].ecg for i in ok]),
                                      np.stack([prepared[i].lead_mask for i in ok]))
+  if embeddings:
+    result["embeddings"] = ecg_emb
   if label_prompts:
     scores, _ = zero_shot.prompt_scores(ecg_emb, label_prompts, model.label_names,
                                         model.embed_text)
@@ -214,6 +218,43 @@ def predict(model_path: str, inputs: list[str], *, step: int | None = None,
 
 
 # ----------------------------------------------------------------------------- output
+
+EMBEDDING_FORMATS = (".npy", ".parquet")
+
+
+def _embedding_format(path: str) -> str:
+  suffix = os.path.splitext(path)[1].casefold()
+  if suffix not in EMBEDDING_FORMATS:
+    raise ValueError(f"--embeddings must end in {' or '.join(EMBEDDING_FORMATS)}: {path}")
+  return suffix
+
+
+def write_embeddings(path: str, result: dict) -> int:
+  """The embeddings of `predict(..., embeddings=True)`, one row per usable input with its
+  record name and input path, to `path` (local or in a bucket): `.npy`, a structured array
+  (fields record, input, embedding: `np.load(path)["embedding"]`), or `.parquet` (columns
+  record, input, embedding as a fixed-size list; needs pyarrow). Returns the row count."""
+  suffix = _embedding_format(path)
+  ok = [e for e in result["records"] if e["status"] == "ok"]
+  vectors = np.asarray(result["embeddings"], np.float32)
+  records, inputs = [e["record"] for e in ok], [e["input"] for e in ok]
+  buffer = io.BytesIO()
+  if suffix == ".npy":
+    rows = np.empty(len(ok), [("record", f"U{max(map(len, records))}"),
+                              ("input", f"U{max(map(len, inputs))}"),
+                              ("embedding", np.float32, vectors.shape[1:])])
+    rows["record"], rows["input"], rows["embedding"] = records, inputs, vectors
+    np.save(buffer, rows, allow_pickle=False)
+  else:
+    import pyarrow as pa  # pylint: disable=g-import-not-at-top
+    import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1])
+    pq.write_table(pa.table({"record": records, "input": inputs, "embedding": column}), buffer)
+  target = epath.Path(path)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  target.write_bytes(buffer.getvalue())
+  return len(ok)
+
 
 
 def format_text(result: dict) -> str:
@@ -275,16 +316,24 @@ def write_outputs(result: dict, json_path: str, top_k: int) -> str:
 
 
 def predict_and_write(model_path: str, inputs: list[str], output: str = "", *,
-                      top_k: int = 3, **options) -> dict:
-  """`predict`, printed and (with `output`) written; a ValueError when no input could be
-  used, after the per-file reasons are printed and written."""
+                      top_k: int = 3, embeddings: str = "", **options) -> dict:
+  """`predict`, printed and (with `output`) written, and with `embeddings` (a file) its ECG
+  embeddings too; a ValueError when no input could be used, after the per-file reasons are
+  printed and written."""
   if output and not output.endswith(".json"):
     raise ValueError(f"--output must name a .json file (the .csv goes beside it): {output}")
-  result = predict(model_path, inputs, top_k=top_k, **options)
+  if embeddings:
+    _embedding_format(embeddings)  # before any work
+  result = predict(model_path, inputs, top_k=top_k, embeddings=bool(embeddings), **options)
+  vectors = result.pop("embeddings", None)
   if jax.process_index() == 0:  # every process holds the same result
     print(format_text(result), flush=True)
     if output:
       print(f"wrote {output} and {write_outputs(result, output, top_k)}", flush=True)
+    if vectors is not None:
+      rows = write_embeddings(embeddings, result | {"embeddings": vectors})
+      print(f"wrote {rows} embeddings ({vectors.shape[1]}-d, unit length) to {embeddings}",
+            flush=True)
   if not result["ok"]:
     raise ValueError(f"none of the {result['inputs']} inputs could be used (reasons above)")
   return result

@@ -123,8 +123,10 @@ def test_predict_a_folder_of_every_format_with_bad_files(tiny_config, tmp_path, 
   bad = _write_bad(inputs / "bad")
 
   out = tmp_path / "out" / "predictions.json"
+  embeddings = tmp_path / "out" / "embeddings.npy"
   result = prediction.predict_and_write(workdir, [str(inputs)], str(out), top_k=2,
-                                     arrays=prediction.ArrayFormat(sample_rate=100))
+                                     arrays=prediction.ArrayFormat(sample_rate=100),
+                                     embeddings=str(embeddings))
   by_name = {e["record"]: e for e in result["records"]}
   assert set(by_name) == {"rec_wfdb", "rec_mat", "test0", *bad}
   assert result["ok"] == 3 and result["inputs"] == 8
@@ -149,6 +151,24 @@ def test_predict_a_folder_of_every_format_with_bad_files(tiny_config, tmp_path, 
   ecg_emb = evaluation.embed_split(model, dataset, "test")["ecg_emb"][:1]
   scores, _ = zero_shot.prompt_scores(ecg_emb, prompts, dataset.label_names, model.embed_text)
   np.testing.assert_allclose(list(by_name["test0"]["scores"].values()), scores[0], atol=2e-4)
+
+  # The embeddings file: one row per usable input, in the result's order, with its names;
+  # the dataset record's row is the evaluation pass's embedding. The same as Parquet.
+  rows = np.load(embeddings)
+  ok = [e for e in result["records"] if e["status"] == "ok"]
+  assert list(rows["record"]) == [e["record"] for e in ok]
+  assert list(rows["input"]) == [e["input"] for e in ok]
+  np.testing.assert_allclose(np.linalg.norm(rows["embedding"], axis=1), 1, rtol=1e-5)
+  test0 = [e["record"] for e in ok].index("test0")
+  np.testing.assert_allclose(rows["embedding"][test0], ecg_emb[0], atol=1e-5)
+  pq = pytest.importorskip("pyarrow.parquet")
+  parquet = tmp_path / "out" / "embeddings.parquet"
+  assert prediction.write_embeddings(str(parquet), result | {"embeddings": rows["embedding"]}) == 3
+  table = pq.read_table(parquet).to_pydict()
+  assert table["record"] == list(rows["record"]) and table["input"] == list(rows["input"])
+  np.testing.assert_array_equal(np.array(table["embedding"], np.float32), rows["embedding"])
+  with pytest.raises(ValueError, match="--embeddings must end in .npy or .parquet"):
+    prediction.predict_and_write(workdir, [str(inputs)], embeddings=str(tmp_path / "e.csv"))
 
   # JSON and CSV agree.
   assert json.loads(out.read_text()) == result
