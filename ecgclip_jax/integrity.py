@@ -29,11 +29,6 @@ def _crc32(path: epath.Path) -> int:
   return crc
 
 
-def _size(path: epath.Path) -> int:
-  stat = path.stat()  # os.stat_result locally, epath's StatResult on a bucket
-  return stat.st_size if hasattr(stat, "st_size") else stat.length
-
-
 def _files(folder: epath.Path) -> list[epath.Path]:
   """Every file below `folder`, local or in a bucket."""
   return sorted(epath.Path(root) / name for root, _, names in storage.walk(str(folder))
@@ -43,8 +38,8 @@ def _files(folder: epath.Path) -> list[epath.Path]:
 def write_manifest(folder: epath.PathLike) -> None:
   """Seals `folder` (a step being committed): every file with its size and CRC-32."""
   folder = epath.Path(folder)
-  files = {str(p.relative_to(folder)): {"bytes": _size(p), "crc32": _crc32(p)}
-           for p in _files(folder)}
+  files = {str(p.relative_to(folder)): {"bytes": storage.file_size(p),
+                                         "crc32": _crc32(p)} for p in _files(folder)}
   files[STEP_METADATA] = {}
   (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
 
@@ -71,7 +66,7 @@ def problem(folder: epath.PathLike) -> str | None:
       return f"{name} is missing"
     if not want:
       continue
-    size = _size(path)
+    size = storage.file_size(path)
     if size != want["bytes"]:
       return f"{name} has {size:,} bytes, expected {want['bytes']:,} (truncated or overwritten)"
     if _crc32(path) != want["crc32"]:

@@ -229,14 +229,15 @@ def _embedding_format(path: str) -> str:
   return suffix
 
 
-def write_embeddings(path: str, result: dict) -> int:
-  """The embeddings of `predict(..., embeddings=True)`, one row per usable input with its
-  record name and input path, to `path` (local or in a bucket): `.npy`, a structured array
-  (fields record, input, embedding: `np.load(path)["embedding"]`), or `.parquet` (columns
-  record, input, embedding as a fixed-size list; needs pyarrow). Returns the row count."""
+def write_embeddings(path: str, records: list[dict], embeddings: np.ndarray) -> int:
+  """The embeddings of `predict(..., embeddings=True)` (`result["embeddings"]`, one row per
+  usable entry of `result["records"]`), each with its record name and input path, to `path`
+  (local or in a bucket): `.npy`, a structured array (fields record, input, embedding:
+  `np.load(path)["embedding"]`), or `.parquet` (columns record, input, embedding as a
+  fixed-size list; needs pyarrow). Returns the row count."""
   suffix = _embedding_format(path)
-  ok = [e for e in result["records"] if e["status"] == "ok"]
-  vectors = np.asarray(result["embeddings"], np.float32)
+  ok = [e for e in records if e["status"] == "ok"]
+  vectors = np.asarray(embeddings, np.float32)
   records, inputs = [e["record"] for e in ok], [e["input"] for e in ok]
   buffer = io.BytesIO()
   if suffix == ".npy":
@@ -331,7 +332,7 @@ def predict_and_write(model_path: str, inputs: list[str], output: str = "", *,
     if output:
       print(f"wrote {output} and {write_outputs(result, output, top_k)}", flush=True)
     if vectors is not None:
-      rows = write_embeddings(embeddings, result | {"embeddings": vectors})
+      rows = write_embeddings(embeddings, result["records"], vectors)
       print(f"wrote {rows} embeddings ({vectors.shape[1]}-d, unit length) to {embeddings}",
             flush=True)
   if not result["ok"]:

@@ -49,6 +49,13 @@ def absolute(path: str) -> str:
   return path if is_remote(path) else os.path.abspath(path)
 
 
+def file_size(path) -> int:
+  """A file's bytes, from a pathlib or epath path: os.stat_result names them st_size, epath's
+  StatResult for a bucket file `length`."""
+  stat = path.stat()
+  return stat.st_size if hasattr(stat, "st_size") else stat.length
+
+
 def walk(folder: str) -> Iterator[tuple[str, list[str], list[str]]]:
   """`os.walk(folder)` (top-down), also for a folder in a bucket: etils' own walk yields a
   bucket's folders without their gs://, so fsspec's is used and the scheme put back (one

@@ -163,7 +163,7 @@ def test_predict_a_folder_of_every_format_with_bad_files(tiny_config, tmp_path, 
   np.testing.assert_allclose(rows["embedding"][test0], ecg_emb[0], atol=1e-5)
   pq = pytest.importorskip("pyarrow.parquet")
   parquet = tmp_path / "out" / "embeddings.parquet"
-  assert prediction.write_embeddings(str(parquet), result | {"embeddings": rows["embedding"]}) == 3
+  assert prediction.write_embeddings(str(parquet), result["records"], rows["embedding"]) == 3
   table = pq.read_table(parquet).to_pydict()
   assert table["record"] == list(rows["record"]) and table["input"] == list(rows["input"])
   np.testing.assert_array_equal(np.array(table["embedding"], np.float32), rows["embedding"])

@@ -50,12 +50,6 @@ def _path(location: str) -> pathlib.Path | epath.Path:
   return epath.Path(location) if storage.is_remote(location) else pathlib.Path(location)
 
 
-def _size(path: pathlib.Path | epath.Path) -> int:
-  """A file's bytes (pathlib's stat names them st_size, epath's length)."""
-  stat = path.stat()
-  return stat.length if isinstance(path, epath.Path) else stat.st_size
-
-
 def _wfdb(read, record_path: str, file_names=()):
   """`read` (wfdb.rdheader or wfdb.rdrecord) of a record. One in a bucket is read from a
   temporary local copy of its header and `file_names`, so that wfdb reads it as it reads a
@@ -226,7 +220,7 @@ def _check_file_sizes(header, directory: pathlib.Path | epath.Path) -> None:
   for name, frame in sorted((k, v) for k, v in frames.items() if v is not None):
     frame_bits, offset = frame
     path = directory / name
-    size = _size(path)
+    size = storage.file_size(path)
     expected = offset + -(-header.sig_len * frame_bits // 8)
     data_bits = (size - offset) * 8
     if size <= offset:
