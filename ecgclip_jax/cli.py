@@ -13,6 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ecgclip_jax import parallel, storage
+from ecgclip_jax.data import signal
 
 # What a user can fix from the message alone: shown as one line, not a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, ConnectionError,
@@ -49,6 +50,22 @@ def define_cache_flag(default: str):
       "cache_dir", "", f"Folder for cached embeddings (default: {default}); "
       "'{process}' in it is replaced by the process index, a private folder per host (each "
       "then writes its own; a shared folder is written by process 0).")
+
+
+def define_length_flags(default_long: str, what: str) -> Callable[[], signal.Length]:
+  """`--long`, `--window_stride_s`, `--short`: what to do with `what` (inputs) longer or
+  shorter than the model's input; returns the function that reads them as a signal.Length."""
+  long = flags.DEFINE_enum(
+      "long", default_long, signal.LONG_CHOICES, f"{what} longer than the model's input: "
+      "'crop' as the model's dataset build did, or 'window': read whole, as windows of the "
+      "model's length whose embeddings are averaged.")
+  window_stride_s = flags.DEFINE_float(
+      "window_stride_s", None, "--long window: seconds between window starts (default: the "
+      "window length; a last window is aligned to the end either way).")
+  short = flags.DEFINE_enum(
+      "short", "pad", signal.SHORT_CHOICES, f"{what} shorter than the model's input: 'pad' "
+      "with zeros at the end (predict: down to the build's minimum duration), or 'reject'.")
+  return lambda: signal.Length(long.value, window_stride_s.value, short.value)
 
 
 def define_distributed_flags() -> Callable[[], None]:

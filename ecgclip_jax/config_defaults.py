@@ -14,7 +14,7 @@ import functools
 import ml_collections
 
 from ecgclip_jax import losses, nonfinite
-from ecgclip_jax.data import normalize
+from ecgclip_jax.data import leads, normalize
 from ecgclip_jax.models import bert, build, resnet1d
 
 # Every key with a fixed set of values, and the module that owns the set.
@@ -49,6 +49,13 @@ def default_config() -> ml_collections.ConfigDict:
       # thread, fastest on a local disk (threads only contend for the GIL); raise it for
       # storage with latency (a bucket).
       read_threads=0,
+      # Lead dropout in pre-training, so one model also serves the inputs of smaller devices:
+      # the probability that a training record keeps only one reduced lead set, drawn
+      # uniformly from `lead_dropout_sets` (";"-separated, each as leads.parse_lead_set reads
+      # it, or "random": each lead kept with probability 1/2). The other leads become absent,
+      # exactly as in a recording that lacks them (pipeline.LeadDropout). 0: off.
+      lead_dropout=0.0,
+      lead_dropout_sets="I;I,II;limb;random",
   )
   c.text = dict(
       encoder_dir="",  # Hugging Face folder; '' = the bundled all-MiniLM-L6-v2
@@ -77,6 +84,10 @@ def default_config() -> ml_collections.ConfigDict:
       dtype="float32",  # compute dtype of both towers ("bfloat16"); parameters stay float32
       loss="clip",  # one of losses.LOSSES: "clip", "clip_shard_map", "siglip"
       siglip_bias_init=-10.0,  # SigLIP's learnable logit bias (used by loss="siglip")
+      # MERL's uni-modal alignment (losses.uma_loss): this weight times the CLIP loss between
+      # two dropout views of each ECG, added to the loss; 0 = off (no UMA heads are built).
+      uma_weight=0.0,
+      uma_dropout=0.1,  # the views' dropout rate (MERL: nn.Dropout(p=0.1))
   )
   # Axis name -> size; -1 takes the remaining devices. The batch is split over `data` and
   # `fsdp`; parameters and optimizer state are sharded over `fsdp` (FSDP: data=1, fsdp=-1).
@@ -95,7 +106,10 @@ def default_config() -> ml_collections.ConfigDict:
       weight_decay=0.05,
       b1=0.9,
       b2=0.98,
-      clip_grad_norm=1.0,
+      clip_grad_norm=1.0,  # 0 = no clipping
+      # > 0: the cosine restarts every this many steps after the warmup (SGDR, PyTorch's
+      # CosineAnnealingWarmRestarts with T_mult=1); 0: one cosine over the whole run.
+      restart_every_steps=0,
   )
   # A NaN/Inf loss or gradient: "skip" leaves the state as it was (the step still counts) and
   # records the batch in WORKDIR/nonfinite_batches.jsonl; "stop" ends the run with a
@@ -172,9 +186,18 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
               "nonfinite.max_consecutive"):
     if lookup(config, key) <= 0:
       problems.append(f"{key} must be positive, got {lookup(config, key)}")
-  for key in ("keep_checkpoints_every", "profile.num_steps"):
+  for key in ("keep_checkpoints_every", "profile.num_steps", "model.uma_weight",
+              "optim.clip_grad_norm", "optim.restart_every_steps"):
     if lookup(config, key) < 0:
       problems.append(f"{key} must be >= 0, got {lookup(config, key)}")
+  if not 0 <= config.model.uma_dropout < 1:
+    problems.append(f"model.uma_dropout must be in [0, 1), got {config.model.uma_dropout}")
+  if not 0 <= config.data.lead_dropout <= 1:
+    problems.append(f"data.lead_dropout must be in [0, 1], got {config.data.lead_dropout}")
+  try:
+    leads.parse_dropout_sets(config.data.lead_dropout_sets)
+  except ValueError as e:
+    problems.append(f"data.lead_dropout_sets: {e}")
   if config.profile.start_step <= 0:
     problems.append(f"profile.start_step must be positive, got {config.profile.start_step}")
   return problems

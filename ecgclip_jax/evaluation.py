@@ -52,7 +52,12 @@ def run_evaluation(model: inference.Model, workdir: str,
                                                model.embed_text)
     results["zero_shot"] = zero_shot.evaluate(*zero_shot_scores, split["labels"],
                                               dataset.label_names)
-  results["retrieval"] = retrieval.evaluate(split["ecg_emb"], split["text_emb"])
+  # Retrieval pairs each ECG with its own report: records kept for their labels only (a
+  # blank report) have none to find.
+  reported = dataset.report_mask(eval_config.split)
+  results["retrieval"] = retrieval.evaluate(split["ecg_emb"][reported],
+                                            split["text_emb"][reported])
+  results["retrieval_examples"] = int(reported.sum())
   out_dir = epath.Path(workdir) / "eval" / str(step)
   if jax.process_index() == 0:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -97,6 +102,8 @@ def format_table(results: dict) -> str:
     if macro["auroc"] is not None:
       lines.append(f"{'macro (zero-shot)':<34}{'':>6}{macro['auroc']:>8.3f}"
                    f"{macro['prauc']:>8.3f}")
+  if results["retrieval_examples"] != results["num_examples"]:
+    lines.append(f"retrieval over the {results['retrieval_examples']} ECGs with a report")
   for direction, recalls in results["retrieval"].items():
     lines.append(f"retrieval {direction:<24}" +
                  "  ".join(f"{k} {v:.3f}" for k, v in recalls.items()))

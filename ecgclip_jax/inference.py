@@ -8,10 +8,15 @@ tokenizer, and `Inputs`: how its training records were prepared (signal spec), i
 names and default zero-shot prompts.
 Raw recordings go through the same `signal.prepare` as the dataset build and the same
 normalization as the input pipeline, so the model sees what it saw in training.
+
+A record longer than the model's input may be read whole, as windows of the model's length
+(`signal.Length`); its embedding is then the mean of its windows' embeddings, renormalized to
+unit length (`mean_over_windows`), and a zero-shot score is the cosine with that embedding.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import math
 from typing import Callable, Mapping, Sequence
@@ -54,6 +59,50 @@ def weight_shardings(weights: build.Weights, config: ml_collections.ConfigDict,
   """The FSDP rule's shardings of the weights on `mesh` (replicated without an fsdp axis):
   the rule training used, so a model too large for one device is served the same way."""
   return parallel.state_shardings(weights, mesh, config.sharding.fsdp_min_size)
+
+
+UNIT_OUTPUTS = ("ecg_emb", "text_emb")  # the embed_source outputs of unit length
+
+
+def mean_over_windows(out: Mapping[str, np.ndarray],
+                      windows: Sequence[int]) -> dict[str, np.ndarray]:
+  """Per-window outputs (`Model.embed_source`, each record's windows in a row) -> per record,
+  `windows[i]` being record i's count: the mean of its windows, renormalized to unit length
+  for unit embeddings (the mean of unit vectors is shorter), labels (the same in every window)
+  once. A zero-shot score with the mean embedding is, per record, the mean of the window
+  scores divided by that mean's length: the classes rank as by the mean window score."""
+  first = np.cumsum(np.r_[0, windows[:-1]]).astype(np.int64)
+  counts = np.asarray(windows, np.float64)[:, None]
+  result = {}
+  for name, values in out.items():
+    if name == "labels":
+      result[name] = values[first]
+      continue
+    mean = np.add.reduceat(values.astype(np.float64), first, axis=0) / counts
+    if name in UNIT_OUTPUTS:
+      mean /= np.linalg.norm(mean, axis=-1, keepdims=True)
+    result[name] = mean.astype(values.dtype)
+  return result
+
+
+class WindowedSource(collections.abc.Sequence):
+  """The windows of a data-contract source whose records all have one length, other than the
+  model's (a task dataset at the model's rate): record i's windows are items i*W..(i+1)*W-1,
+  each the record with its `ecg` cut by `signal.fit_windows`."""
+
+  def __init__(self, source: Sequence[dict], spec: signal.SignalSpec, length: signal.Length):
+    self.source, self.spec, self.length = source, spec, length
+    first, _, self.note = signal.fit_windows(np.asarray(source[0]["ecg"]), spec, length)
+    self.windows = len(first)
+
+  def __len__(self) -> int:
+    return len(self.source) * self.windows
+
+  def __getitem__(self, j: int) -> dict:
+    record = dict(self.source[j // self.windows])
+    record["ecg"] = signal.fit_windows(np.asarray(record["ecg"]), self.spec,
+                                       self.length)[0][j % self.windows]
+    return record
 
 
 class Model:
@@ -115,13 +164,15 @@ class Model:
 
   # ------------------------------------------------------------------ preparing ECGs
 
-  def prepare_ecg(self, signals, sample_rate: float, leads: Sequence[str] = LEAD_NAMES,
-                  units: str = "mV") -> tuple[np.ndarray, np.ndarray]:
+  def prepare_records(self, signals, sample_rate: float, leads: Sequence[str] = LEAD_NAMES,
+                      units: str = "mV", length: signal.Length = signal.Length()
+                      ) -> list[signal.PreparedSignal]:
     """Raw recordings `[N, T, L]` (or one `[T, L]`) in `units`, at `sample_rate`, with the
     columns named by `leads`, as the model's dataset build prepared its records: canonical
-    lead order (absent leads zero and masked), repair, resampling, filter, length, int16 µV.
-    Returns `(ecg [N, T', 12] int16, lead_mask [N, 12])`; a record that cannot be used is a
-    ValueError naming it and the reason."""
+    lead order (absent leads zero and masked), repair, resampling, filter, int16 µV; then fit
+    to the model's input by `length` (default: the build's crop and pad). Each record's
+    `ecg` holds its windows `[W, T', 12]` and `fit()` says how it was fit; a record that
+    cannot be used is a ValueError naming it and the reason."""
     x = np.asarray(signals)
     if x.ndim == 2:
       x = x[None]
@@ -131,16 +182,22 @@ class Model:
       raise ValueError(f"signals must be [N, time, {len(leads)} leads] or [time, leads], "
                        f"got shape {np.shape(signals)}{hint}")
     factor = readers.units_to_mv(units)
-    ecg, masks = [], []
+    prepared = []
     for i, record in enumerate(x):
       try:
-        prepared = signal.prepare(record.astype(np.float64) * factor, sample_rate, list(leads),
-                                  self.inputs.signal_spec)
+        prepared.append(signal.prepare(record.astype(np.float64) * factor, sample_rate,
+                                       list(leads), self.inputs.signal_spec, length))
       except SkipRecord as e:
         raise ValueError(f"record {i} cannot be used: {e}") from None
-      ecg.append(prepared.ecg)
-      masks.append(prepared.lead_mask)
-    return np.stack(ecg), np.stack(masks)
+    return prepared
+
+  def prepare_ecg(self, signals, sample_rate: float, leads: Sequence[str] = LEAD_NAMES,
+                  units: str = "mV") -> tuple[np.ndarray, np.ndarray]:
+    """What the model sees of raw recordings prepared as its dataset build prepared its
+    records (see `prepare_records`; cropped and padded as the build does):
+    `(ecg [N, T', 12] int16, lead_mask [N, 12])`."""
+    prepared = self.prepare_records(signals, sample_rate, leads, units)
+    return np.concatenate([p.ecg for p in prepared]), np.stack([p.lead_mask for p in prepared])
 
   # ------------------------------------------------------------------------ embedding
 
@@ -178,6 +235,29 @@ class Model:
         max_text_length=max_text_length or self.config.text.max_length,
         label_feature=label_feature, progress=progress,
         read_threads=self.config.data.read_threads)
+
+  def embed_windows(self, source, outputs: Sequence[str] = ("ecg_emb",),
+                    label_feature: str | None = "labels", progress: str = "",
+                    length: signal.Length = signal.Length(long="window")
+                    ) -> dict[str, np.ndarray]:
+    """`embed_source` for data-contract records at the model's rate whose length (one for
+    all) may differ from the model's input (the probe's task datasets): each record's
+    windows (`length`; default: all of it, no overlap) embedded and averaged
+    (`mean_over_windows`), and a note on how records were fit printed. A shorter record is
+    padded with no minimum (it passed its own build's) unless `length` rejects it."""
+    target = self.config.data.num_samples
+    n = len(source[0]["ecg"]) if len(source) else target
+    if n == target:
+      return self.embed_source(source, outputs, label_feature, progress=progress)
+    spec = dataclasses.replace(self.inputs.signal_spec, min_duration_s=0)
+    try:
+      signal.check_min_length(n, spec, length)
+    except SkipRecord as e:
+      raise ValueError(f"records of {n} samples for a model input of {target}: {e}") from None
+    windows = WindowedSource(source, spec, length)
+    print(f"  records of {windows.note}", flush=True)
+    out = self.embed_source(windows, outputs, label_feature, progress=progress)
+    return mean_over_windows(out, [windows.windows] * len(source))
 
   def text_features(self, source, progress: str = "text features") -> np.ndarray:
     """The text tower's pooled features `[N, H]` of every record's report, in source order
@@ -230,13 +310,32 @@ class Model:
     representation linear probes and regressions on embeddings usually read."""
     return self._embed_prepared(ecg, lead_mask, "features")
 
+  def embed_records(self, prepared: Sequence[signal.PreparedSignal]) -> np.ndarray:
+    """Unit embeddings `[N, E]` of records prepared with a `signal.Length`: the windows of
+    each embedded and averaged (`mean_over_windows`)."""
+    windows = [len(p.ecg) for p in prepared]
+    ecg = np.concatenate([p.ecg for p in prepared])
+    masks = np.repeat(np.stack([p.lead_mask for p in prepared]), windows, axis=0)
+    return mean_over_windows({"ecg_emb": self.embed_ecg_prepared(ecg, masks)},
+                             windows)["ecg_emb"]
+
   def embed_ecg(self, signals, sample_rate: float, leads: Sequence[str] = LEAD_NAMES,
-                units: str = "mV") -> np.ndarray:
+                units: str = "mV", *, long: str = "crop", window_stride_s: float | None = None,
+                short: str = "pad", notes: bool = False):
     """Unit embeddings `[N, E]` (`[E]` for one `[T, L]` record) of raw recordings, prepared
-    as the training data was (see `prepare_ecg`)."""
-    ecg, lead_mask = self.prepare_ecg(signals, sample_rate, leads, units)
-    out = self.embed_ecg_prepared(ecg, lead_mask)
-    return out[0] if np.ndim(signals) == 2 else out
+    as the training data was (see `prepare_records`). A record longer than the model's input
+    is cropped as the build crops (`long="crop"`), or read whole (`long="window"`): windows
+    of the model's length `window_stride_s` apart (default: the window length, and one more
+    aligned to the end), their embeddings averaged and renormalized. A shorter one is
+    zero-padded (`short="pad"`, down to the build's minimum duration) or rejected
+    (`short="reject"`). With `notes`, also how each record was fit: `{"windows",
+    "padded_samples", "note"}` per record (one dict for one record)."""
+    prepared = self.prepare_records(signals, sample_rate, leads, units,
+                                    signal.Length(long, window_stride_s, short))
+    out, fits = self.embed_records(prepared), [p.fit() for p in prepared]
+    if np.ndim(signals) == 2:
+      out, fits = out[0], fits[0]
+    return (out, fits) if notes else out
 
   def embed_text(self, reports: Sequence[str]) -> np.ndarray:
     """Unit embeddings `[N, E]` of report texts, in batches sharded over the mesh."""
@@ -272,12 +371,19 @@ class Model:
     return list(prompts), zero_shot.class_embeddings(prompts, self.embed_text)
 
   def zero_shot(self, signals, prompts: Mapping[str, str | Sequence[str]] | None = None, *,
-                sample_rate: float, leads: Sequence[str] = LEAD_NAMES,
-                units: str = "mV") -> dict[str, np.ndarray]:
+                sample_rate: float, leads: Sequence[str] = LEAD_NAMES, units: str = "mV",
+                long: str = "crop", window_stride_s: float | None = None, short: str = "pad",
+                notes: bool = False):
     """Class -> cosine score per recording (`[N]`, or a float for one record) of raw
-    recordings against each class's averaged prompt embeddings."""
+    recordings against each class's averaged prompt embeddings. `long`, `window_stride_s`,
+    `short` and `notes` as in `embed_ecg`: a windowed record scores with the mean of its
+    windows' embeddings."""
     names, classes = self.class_embeddings(prompts)
-    scores = np.atleast_2d(self.embed_ecg(signals, sample_rate, leads, units)) @ classes.T
+    emb, fits = self.embed_ecg(signals, sample_rate, leads, units, long=long,
+                               window_stride_s=window_stride_s, short=short, notes=True)
+    scores = np.atleast_2d(emb) @ classes.T
     if np.ndim(signals) == 2:
-      return {name: float(scores[0, j]) for j, name in enumerate(names)}
-    return {name: scores[:, j] for j, name in enumerate(names)}
+      out = {name: float(scores[0, j]) for j, name in enumerate(names)}
+    else:
+      out = {name: scores[:, j] for j, name in enumerate(names)}
+    return (out, fits) if notes else out

@@ -9,6 +9,7 @@
   devices, so each device holds one `n x n` block of logits at a time.
 
 All three are the same function of the whole batch on 1 device or 256 (tests/test_losses.py).
+`uma_loss`, MERL's uni-modal term (`model.uma_weight`), is added to any of them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import optax
 from jax.sharding import Mesh, PartitionSpec
 
 from ecgclip_jax import parallel
+from ecgclip_jax.models.clip import l2_normalize
 
 LOSSES = ("clip", "clip_shard_map", "siglip")  # `model.loss` values (contrastive_loss)
 
@@ -38,6 +40,24 @@ def clip_loss(ecg_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array) -
   ecg_to_text = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
   text_to_ecg = optax.softmax_cross_entropy_with_integer_labels(logits.T, targets)
   return 0.5 * (ecg_to_text.mean() + text_to_ecg.mean())
+
+
+# MERL's clip_loss temperature, 0.07 (utils/utils_loss.py), fixed for its UMA term whatever
+# the cross-modal loss's logit scale is.
+UMA_LOGIT_SCALE = 1 / 0.07
+
+
+def uma_loss(view_a: jax.Array, view_b: jax.Array) -> jax.Array:
+  """MERL's uni-modal alignment (Liu et al. 2024): the CLIP loss between two dropout views of
+  each ECG, the record's other view its positive and every other record's a negative, over
+  the global batch (written globally like "clip": N x N logits).
+
+  The views come un-normalized (`ECGCLIP.encode_ecg_with_views`: dropout after the linear
+  heads, before any normalization, as MERL's `dropout1(linear1(...))`); they are normalized
+  here, as MERL's clip_loss normalizes its inputs, and scaled by 1 / 0.07. MERL's clip_loss
+  sums its two cross-entropies, for both terms, so this mean keeps MERL's 1:1 ratio to CLIP.
+  """
+  return clip_loss(l2_normalize(view_a), l2_normalize(view_b), UMA_LOGIT_SCALE)
 
 
 def _siglip_block_sum(ecg_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array,

@@ -3,6 +3,7 @@ reports of a report bank, for recordings that were never part of a dataset build
 
     python -m ecgclip_jax.predict --workdir workdirs/demo --input ecgs/ [--step N] \\
         [--input a.npy,b.npy --sample_rate 500 [--leads I,II,...] [--units uV]] \\
+        [--long crop|window [--window_stride_s 5]] [--short pad|reject] \\
         [--prompts configs/prompts/X.json] [--bank_split train] [--top_k 3] \\
         [--output predictions.json]
 
@@ -26,6 +27,7 @@ def main():
   sample_rate = flags.DEFINE_float("sample_rate", None, ".npy inputs: sampling rate (Hz).")
   leads = flags.DEFINE_list("leads", list(LEAD_NAMES), ".npy inputs: lead names, column order.")
   units = flags.DEFINE_enum("units", "mV", ["mV", "uV", "V"], ".npy inputs: amplitude unit.")
+  length = cli.define_length_flags("crop", "A file")
   prompts = flags.DEFINE_string("prompts", "", "Zero-shot prompt file (JSON: label -> "
                                 "prompts); default: the checkpoint's eval.prompts.")
   bank_split = flags.DEFINE_string("bank_split", "train",
@@ -45,7 +47,7 @@ def main():
     paths = [p for value in inputs.value for p in value.split(",") if p]
     arrays = prediction.ArrayFormat(sample_rate.value, tuple(leads.value), units.value)
     prediction.predict_and_write(workdir.value, paths, output.value, step=step.value,
-                                 arrays=arrays, prompts=prompts.value,
+                                 arrays=arrays, length=length(), prompts=prompts.value,
                                  bank_split=bank_split.value, top_k=top_k.value,
                                  cache_dir=cache_dir.value, embeddings=embeddings.value)
 

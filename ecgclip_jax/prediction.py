@@ -8,7 +8,10 @@ arrays, [time, lead] or [lead, time], which need `--sample_rate` (shared by ever
 as are `--leads`, default the 12 standard leads in order, and `--units`). Each input goes
 through the signal preparation of the model's own dataset build (`Inputs.signal_spec`:
 canonical leads, repair, resampling, filter, length, int16 µV) and then the evaluation input
-pipeline (normalization), so the model sees what it saw in training.
+pipeline (normalization), so the model sees what it saw in training. A file longer than the
+model's input is cropped as the build crops, or with `long="window"` read whole as windows
+whose embeddings are averaged; a shorter one is zero-padded or rejected (`signal.Length`).
+Each entry says how its file was fit (`windows`, `padded_samples`, `note`).
 
 A score is the cosine similarity between the ECG and the mean embedding of the label's prompts
 (default prompt file: the checkpoint's `eval.prompts`). The report bank holds the distinct
@@ -95,10 +98,11 @@ def find_inputs(paths: list[str]) -> list[str]:
   return list(unique.values())
 
 
-def prepare_input(path: str, spec: signal.SignalSpec,
-                  arrays: ArrayFormat) -> signal.PreparedSignal:
-  """One file through its reader and the build's signal preparation; `SkipRecord` (with the
-  builds' reasons) says why a file cannot be used."""
+def prepare_input(path: str, spec: signal.SignalSpec, arrays: ArrayFormat,
+                  length: signal.Length = signal.Length()) -> signal.PreparedSignal:
+  """One file through its reader and the build's signal preparation, fit to the model's
+  input by `length` (`ecg`: its windows); `SkipRecord` (with the builds' reasons) says why a
+  file cannot be used."""
   is_array = pathlib.Path(path).suffix.casefold() == NPY
   if is_array and not arrays.sample_rate:
     raise SkipRecord("missing_metadata", f"{path}: a .npy input needs --sample_rate")
@@ -109,19 +113,22 @@ def prepare_input(path: str, spec: signal.SignalSpec,
       raise SkipRecord(e.reason, f"{e.detail}; a .npy input is [time, lead] or [lead, time] "
                        f"with the {len(arrays.leads)} leads of --leads") from None
     raise
-  return signal.prepare(raw.signal_mv, raw.fs, raw.lead_names, spec)
+  return signal.prepare(raw.signal_mv, raw.fs, raw.lead_names, spec, length)
 
 
-def _read_all(paths: list[str], spec: signal.SignalSpec, arrays: ArrayFormat):
-  """Per input: its result entry, and its prepared signal or None."""
+def _read_all(paths: list[str], spec: signal.SignalSpec, arrays: ArrayFormat,
+              length: signal.Length):
+  """Per input: its result entry (with how it was fit), and its prepared signal or None."""
   entries, prepared = [], []
   meter = Progress("reading ECG files", len(paths), "files")
   for path in paths:
     name = os.path.splitext(os.path.basename(path))[0] or path
-    entry = {"input": path, "record": name, "status": "ok", "error": None, "scores": {},
+    entry = {"input": path, "record": name, "status": "ok", "error": None,
+             "windows": None, "padded_samples": None, "note": None, "scores": {},
              "nearest_reports": []}
     try:
-      prepared.append(prepare_input(path, spec, arrays))
+      prepared.append(prepare_input(path, spec, arrays, length))
+      entry.update(prepared[-1].fit())
     except Exception as e:  # pylint: disable=broad-except
       # A reader's unforeseen failure costs this file, not the run; the reason on one line.
       reason = str(e) if isinstance(e, SkipRecord) else (
@@ -164,11 +171,14 @@ def report_bank(model: inference.Model, dataset, split: str,
 
 
 def predict(model_path: str, inputs: list[str], *, step: int | None = None,
-            arrays: ArrayFormat = ArrayFormat(), prompts: str = "", bank_split: str = "train",
-            top_k: int = 3, cache_dir: str = "", embeddings: bool = False) -> dict:
+            arrays: ArrayFormat = ArrayFormat(), length: signal.Length = signal.Length(),
+            prompts: str = "", bank_split: str = "train", top_k: int = 3,
+            cache_dir: str = "", embeddings: bool = False) -> dict:
   """Scores and nearest reports of every input, with the model of `model_path` (a training
   workdir or an exported model folder); the result (JSON-ready) has one entry per input
-  under "records", each "ok" or "error" with its reason. The report bank is cached in
+  under "records", each "ok" (with how it was fit to the model's input by `length`) or
+  "error" with its reason. A windowed input's scores and nearest reports use the mean of
+  its windows' embeddings (`inference.mean_over_windows`). The report bank is cached in
   `cache_dir` (default MODEL/predict_cache; see caches.cache_folder). With `embeddings`,
   result["embeddings"] holds the unit ECG embedding of each usable input (an array, rows in
   the order of the "ok" records; see `write_embeddings`)."""
@@ -178,20 +188,20 @@ def predict(model_path: str, inputs: list[str], *, step: int | None = None,
   model = api.load(model_path, step=step)
   label_prompts = (zero_shot.load_prompts(prompts, model.label_names) if prompts
                    else dict(model.inputs.prompts))
-  entries, prepared = _read_all(paths, model.inputs.signal_spec, arrays)
+  entries, prepared = _read_all(paths, model.inputs.signal_spec, arrays, length)
   ok = [i for i, p in enumerate(prepared) if p is not None]
   exported = model_folder.is_model_folder(model_path)
   result = {"workdir": storage.absolute(model_path), "step": model.step,
             "dataset": model.inputs.dataset,
             "signal_spec": dataclasses.asdict(model.inputs.signal_spec),
+            "length": dataclasses.asdict(length),
             "normalization": model.config.data.normalization,
             "prompts": prompts or model.config.eval.prompts or None,
             "score": SCORE if label_prompts else None,
             "report_bank": None, "inputs": len(paths), "ok": len(ok), "records": entries}
   if not ok:
     return result
-  ecg_emb = model.embed_ecg_prepared(np.stack([prepared[i].ecg for i in ok]),
-                                     np.stack([prepared[i].lead_mask for i in ok]))
+  ecg_emb = model.embed_records([prepared[i] for i in ok])
   if embeddings:
     result["embeddings"] = ecg_emb
   if label_prompts:
@@ -265,7 +275,8 @@ def format_text(result: dict) -> str:
     if entry["status"] != "ok":
       lines.append(f"[error] {entry['record']}  {entry['error']}")
       continue
-    lines.append(f"[ok] {entry['record']}  {entry['input']}")
+    lines.append(f"[ok] {entry['record']}  {entry['input']}"
+                 + (f"  ({entry['note']})" if entry["note"] else ""))
     ranked = sorted(entry["scores"].items(), key=lambda kv: -kv[1])
     if ranked:  # no-break spaces keep each label beside its score
       pairs = "  ".join(f"{name}\xa0{s:.3f}" for name, s in ranked)
@@ -287,15 +298,17 @@ def format_text(result: dict) -> str:
 
 
 def csv_rows(result: dict, top_k: int) -> tuple[list[str], list[dict]]:
-  """One row per input: status, a `score_<label>` column per label, `report_i` and
-  `similarity_i` for the i-th nearest report."""
+  """One row per input: status, how it was fit (windows, padded samples, note), a
+  `score_<label>` column per label, `report_i` and `similarity_i` for the i-th nearest
+  report."""
   labels = list(dict.fromkeys(name for e in result["records"] for name in e["scores"]))
-  header = ["input", "record", "status", "error", *(f"score_{name}" for name in labels)]
+  columns = ["input", "record", "status", "error", "windows", "padded_samples", "note"]
+  header = [*columns, *(f"score_{name}" for name in labels)]
   for k in range(1, top_k + 1):
     header += [f"report_{k}", f"similarity_{k}"]
   rows = []
   for entry in result["records"]:
-    row = {key: entry[key] for key in ("input", "record", "status", "error")}
+    row = {key: entry[key] for key in columns}
     row.update({f"score_{name}": s for name, s in entry["scores"].items()})
     for k, near in enumerate(entry["nearest_reports"], start=1):
       row.update({f"report_{k}": near["report"], f"similarity_{k}": near["similarity"]})

@@ -32,12 +32,21 @@ def main():
   method_flag = flags.DEFINE_list("methods", ["linear_probe", "finetune", "zero_shot"],
                                   f"Any of {downstream.METHODS}.")
   fraction_flag = flags.DEFINE_list("fractions", ["0.01", "0.1", "1.0"], "Label fractions.")
+  selection = flags.DEFINE_list(
+      "selection", ["validation"], f"Any of {downstream.SELECTIONS}: how a linear probe picks "
+      "its epoch. max_test is MERL's rule (best test macro AUROC over the epochs), reported as "
+      "linear_probe_max_test beside ours and marked as selected on the test set.")
   seeds = flags.DEFINE_integer("seeds", 3, "Seeds (label subsets and initializations) per cell.")
   n_bootstrap = flags.DEFINE_integer("n_bootstrap", 1000, "Bootstrap resamples for the CIs.")
   prompts = flags.DEFINE_string("prompts", "", "Zero-shot prompt file (JSON: task -> prompts).")
   data_dir = flags.DEFINE_string("data_dir", "", "TFDS data_dir of the task set's dataset.")
   manual_dir = flags.DEFINE_string("manual_dir", "", "Download to build the dataset from.")
   epochs = flags.DEFINE_integer("finetune_epochs", None, "Fine-tuning epochs (max, early stop).")
+  lead_sets = flags.DEFINE_string(
+      "leads", "all", "Lead sets to score, ';'-separated: each 'all', 'limb' (I, II, III, aVR, "
+      "aVL, aVF) or a comma list of leads ('I', 'I,II'); each is scored with the other leads "
+      "absent, as a device without them would record, e.g. --leads 'all;I;I,II;limb'.")
+  length = cli.define_length_flags("window", "Task records")
   map_options = embedding_map.define_flags()
   cache_dir = cli.define_cache_flag("OUT/cache")
   flags.mark_flags_as_required(["tasks", "out"])
@@ -54,7 +63,8 @@ def main():
         label_fractions=[float(f) for f in fraction_flag.value], seeds=seeds.value,
         n_bootstrap=n_bootstrap.value, prompts=prompts.value, data_dir=data_dir.value,
         manual_dir=manual_dir.value, finetune_config=finetune_config,
-        map_options=map_options(), cache_dir=cache_dir.value)
+        map_options=map_options(), cache_dir=cache_dir.value, selections=selection.value,
+        length=length(), lead_sets=lead_sets.value.split(";"))
 
   cli.run(job)
 

@@ -209,8 +209,10 @@ def parameter_counts(model: Reference) -> dict[str, int]:
 def make_step(model: Reference, optimizer: torch.optim.Optimizer, config, compile: bool = False):
   """`step(batch) -> loss` (a tensor, not synced): forward, CLIP loss, backward, global-norm
   clipping, AdamW. `compile=True` runs the forward and loss through `torch.compile`."""
-  if config.grad_accum_steps != 1 or config.model.loss not in ("clip", "clip_shard_map"):
-    raise ValueError("the PyTorch reference has the CLIP loss without gradient accumulation")
+  if (config.grad_accum_steps != 1 or config.model.loss not in ("clip", "clip_shard_map")
+      or config.model.uma_weight):
+    raise ValueError("the PyTorch reference has the CLIP loss (no UMA) without gradient "
+                     "accumulation")
   params = [p for group in optimizer.param_groups for p in group["params"]]
 
   def loss_fn(ecg, text):
@@ -222,7 +224,8 @@ def make_step(model: Reference, optimizer: torch.optim.Optimizer, config, compil
     model.train()
     loss = forward(batch["ecg"], {k: v for k, v in batch.items() if k != "ecg"})
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, config.optim.clip_grad_norm)
+    if config.optim.clip_grad_norm:  # 0: no clipping, as in train_state.make_optimizer
+      torch.nn.utils.clip_grad_norm_(params, config.optim.clip_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach()

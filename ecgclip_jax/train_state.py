@@ -74,6 +74,15 @@ def step_dropout_key(rng: jax.Array, step: jax.Array) -> jax.Array:
   return build.rbg_key(jax.random.fold_in(jax.random.wrap_key_data(rng), step))
 
 
+# Folded into a (micro)batch's dropout key for the UMA views' masks: the text tower's stream
+# (nnx.Rngs) folds in its draw counts 0, 1, ..., so a large constant keeps the two apart.
+UMA_DROPOUT_STREAM = 0x554D41  # "UMA"
+
+
+def uma_rngs(dropout_key: jax.Array) -> nnx.Rngs:
+  return nnx.Rngs(dropout=jax.random.fold_in(dropout_key, UMA_DROPOUT_STREAM))
+
+
 def partition(params: Params, mask: Params) -> tuple[Params, Params]:
   """Splits into (trainable, frozen) trees; absent leaves are None (an empty subtree)."""
   pick = lambda keep: jax.tree.map(lambda p, m: p if m == keep else None, params, mask)
@@ -91,17 +100,26 @@ def decay_mask(params: Params) -> Params:
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Linear warmup from 0, then one cosine down to `end_learning_rate_factor` of the peak
+  over the run, or with `optim.restart_every_steps` a cosine that restarts at the peak every
+  that many steps (PyTorch's CosineAnnealingWarmRestarts, T_mult=1, as MERL trains)."""
   o = config.optim
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=o.learning_rate,
-      warmup_steps=min(o.warmup_steps, config.total_steps - 1),
-      decay_steps=config.total_steps, end_value=o.learning_rate * o.end_learning_rate_factor)
+  warmup_steps = min(o.warmup_steps, config.total_steps - 1)
+  if not o.restart_every_steps:
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=o.learning_rate, warmup_steps=warmup_steps,
+        decay_steps=config.total_steps, end_value=o.learning_rate * o.end_learning_rate_factor)
+  cycle = optax.cosine_decay_schedule(o.learning_rate, o.restart_every_steps,
+                                      alpha=o.end_learning_rate_factor)
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, o.learning_rate, warmup_steps),
+       lambda step: cycle(step % o.restart_every_steps)], [warmup_steps])
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   o = config.optim
   return optax.chain(
-      optax.clip_by_global_norm(o.clip_grad_norm),
+      optax.clip_by_global_norm(o.clip_grad_norm) if o.clip_grad_norm else optax.identity(),
       optax.adamw(learning_rate_schedule(config), b1=o.b1, b2=o.b2,
                   weight_decay=o.weight_decay, mask=decay_mask))
 
@@ -177,12 +195,17 @@ class Trainer:
 
   def embed_batch(self, trainable: Params, frozen: Params, model_state: Params,
                   batch: dict[str, jax.Array], dropout_key: jax.Array):
-    """Train-mode unit embeddings `(ecg, text)` of a (micro)batch, and the new BatchNorm
-    statistics. Dropout only where the text tower trains."""
+    """Train-mode embeddings of a (micro)batch, and the new BatchNorm statistics: unit
+    `(ecg, text)`, then with model.uma_weight > 0 the two UMA views of each ECG
+    (`ECGCLIP.encode_ecg_with_views`). Dropout only where the text tower trains, and in the
+    views; every mask comes from `dropout_key`, so a resumed step draws the same ones."""
     model = self.model(combine(trainable, frozen), model_state)
-    ecg_emb = model.encode_ecg(batch["ecg"], train=True)
-    return ((ecg_emb, self.train_text_embeddings(model, batch, dropout_key)),
-            nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+    text_emb = self.train_text_embeddings(model, batch, dropout_key)
+    if self.config.model.uma_weight > 0:
+      ecg_emb, *views = model.encode_ecg_with_views(batch["ecg"], uma_rngs(dropout_key))
+    else:
+      ecg_emb, views = model.encode_ecg(batch["ecg"], train=True), []
+    return ((ecg_emb, text_emb, *views), nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
 
   def train_text_embeddings(self, model: clip.ECGCLIP, batch: dict[str, jax.Array],
                             dropout_key: jax.Array) -> jax.Array:
@@ -196,11 +219,16 @@ class Trainer:
                              self.first_dropout_layer)
 
   def batch_loss(self, params: Params, model_state: Params, embeddings) -> jax.Array:
-    """The configured loss of the whole global batch; the parameters enter only through the
-    logit scale and bias."""
+    """The configured loss of the whole global batch (`embed_batch`'s embeddings), plus
+    model.uma_weight times the UMA loss of the views if there are any; the parameters enter
+    only through the logit scale and bias."""
     model = self.model(params, model_state)
-    return losses.contrastive_loss(self.config.model.loss, *embeddings, model.scale(),
+    ecg_emb, text_emb, *views = embeddings
+    loss = losses.contrastive_loss(self.config.model.loss, ecg_emb, text_emb, model.scale(),
                                    model.bias(), self.mesh)
+    if views:
+      loss = loss + self.config.model.uma_weight * losses.uma_loss(*views)
+    return loss
 
   def _constrain_rows(self, x: jax.Array, batch_dim: int) -> jax.Array:
     """Pins dimension `batch_dim` to the mesh's batch axes (nothing to pin without a mesh)."""

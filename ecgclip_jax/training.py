@@ -40,7 +40,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        train_source: Sequence[dict[str, Any]] | None = None
                        ) -> train_state.TrainState:
   """Trains to `config.total_steps` and evaluates. `train_source` replaces the configured
-  dataset's training split with any random-access sequence of data-contract records."""
+  dataset's training split with any random-access sequence of data-contract records. Records
+  without a report never enter training (sources.with_reports); the log counts them."""
   # =====================================================================================
   # Checks a user can act on, before any data is read or anything compiles.
   # =====================================================================================
@@ -85,7 +86,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # =====================================================================================
   dataset = sources.open_dataset(config.data)
   if train_source is None:
-    train_source = dataset.source(config.data.train_split)
+    train_source, without_report = dataset.contrastive_source(config.data.train_split)
+  else:
+    train_source, without_report = sources.with_reports(train_source)
+  if without_report:
+    log(f"left {without_report:,} training records without a report out of contrastive "
+        f"training ({len(train_source):,} remain)")
   tokenizer = None  # the step reads precomputed features, not tokens
   if train_state.precomputes_text_features(config):  # the same on every start: frozen tower
     train_source = pipeline.WithTextFeatures(train_source, _model(
@@ -98,7 +104,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       normalization=config.data.normalization, per_process_batch_size=per_process_batch,
       seed=config.seed, process_index=jax.process_index(),
       process_count=jax.process_count(), worker_count=config.data.worker_count,
-      start_step=int(state.step), read_threads=config.data.read_threads)
+      start_step=int(state.step), read_threads=config.data.read_threads,
+      lead_dropout=(pipeline.LeadDropout(config.data.lead_dropout,
+                                         config.data.lead_dropout_sets)
+                    if config.data.lead_dropout else None))
 
   # =====================================================================================
   # Training loop.

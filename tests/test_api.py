@@ -92,6 +92,50 @@ def test_api_embeddings_are_the_evaluation_pass_embeddings(trained):
     ecgclip_jax.load(f"{workdir}@7")
 
 
+def _unit_mean(vectors):
+  mean = np.mean(vectors, axis=0)
+  return mean / np.linalg.norm(mean)
+
+
+def test_records_of_other_lengths_as_windows_padded_or_rejected(trained):
+  """A longer record read whole is the renormalized mean of its windows' embeddings, each
+  embedded on its own; by default it is cropped as the build crops. A shorter one is the
+  zero-padded record's embedding, or rejected. Each says how it was fit."""
+  _, workdir, _ = trained
+  model = ecgclip_jax.load(str(workdir))
+  x = np.round(synthetic.synthesize(synthetic.labels_of("atrial_fibrillation"), 100,
+                                    duration_s=20, seed=3)[0].ecg, 3)  # [2000, 12] mV
+  halves = model.embed_ecg(np.stack([x[:1000], x[1000:]]), sample_rate=100)
+  emb, fit = model.embed_ecg(x, sample_rate=100, long="window", notes=True)
+  np.testing.assert_allclose(emb, _unit_mean(halves), rtol=0, atol=1e-6)
+  assert fit == {"windows": 2, "padded_samples": 0,
+                 "note": "20.00 s: 2 windows of 10 s, 10 s apart, averaged"}
+  np.testing.assert_allclose(model.embed_ecg(x, sample_rate=100), halves[0], rtol=0, atol=1e-6)
+
+  # Overlapping windows, 2.5 s apart: starts 0, 250 and 500 of a 15 s record.
+  windows = model.embed_ecg(np.stack([x[s:s + 1000] for s in (0, 250, 500)]), sample_rate=100)
+  overlap, fits = model.embed_ecg(x[None, :1500], sample_rate=100, long="window",
+                                  window_stride_s=2.5, notes=True)
+  np.testing.assert_allclose(overlap[0], _unit_mean(windows), rtol=0, atol=1e-6)
+  assert [f["windows"] for f in fits] == [3]
+
+  # Zero-shot scores with the windows' mean embedding.
+  scores, fit = model.zero_shot(x, {"afib": "atrial fibrillation"}, sample_rate=100,
+                                long="window", notes=True)
+  assert fit["windows"] == 2
+  assert scores["afib"] == pytest.approx(float(emb @ model.embed_text(["atrial fibrillation"])[0]),
+                                         abs=1e-5)
+
+  # 9.95 s (above the build's 9.9 s minimum): padded with zeros, or rejected.
+  padded, fit = model.embed_ecg(x[:995], sample_rate=100, notes=True)
+  np.testing.assert_allclose(padded, model.embed_ecg(np.pad(x[:995], ((0, 5), (0, 0))),
+                                                     sample_rate=100), rtol=0, atol=1e-6)
+  assert fit == {"windows": 1, "padded_samples": 5, "note": "9.95 s: zero-padded by 0.05 s"}
+  with pytest.raises(ValueError, match=r"record 0 cannot be used: wrong_duration: 9.95 s < "
+                     r"10.00 s \(short='reject'\)"):
+    model.embed_ecg(x[:995], sample_rate=100, short="reject")
+
+
 def test_text_features_by_report_length_are_the_full_length_features(trained):
   """Model.text_features (what text.precompute_features feeds the train step) pads each
   group of reports only to its length bucket: in source order, the pooled features of one

@@ -78,3 +78,23 @@ def test_folder_without_results_is_one_error_line(tmp_path):
   assert "Traceback" not in result.stderr
   assert result.stderr.strip() == (f"error: no results.csv in {tmp_path} (expected the output "
                                    "folder of python -m ecgclip_jax.probe)")
+
+
+def test_several_task_sets_and_published_figures_in_one_table(tmp_path, capsys):
+  """Folders of two MERL task sets, and MERL's published figures for those two only."""
+  dirs = []
+  for name, value in (("merl_ptbxl_super", 0.7), ("merl_ptbxl_form", 0.6)):
+    rows = [_row("ours", method, 0.01, "macro", value)
+            for method in ("linear_probe", "linear_probe_max_test")]
+    dirs.append(str(tmp_path / name))
+    results.write_results(dirs[-1], rows, {"task_set": {"name": name}})
+  published = os.path.join(REPO, "configs", "published", "merl_linear_probe.csv")
+  compare.main([*dirs, "--metric", "auroc", "--published", published])
+  table = capsys.readouterr().out
+  merl = "MERL R18, published (Table 1)"
+  assert f"| method | task | ours 1% | {merl} 1% | {merl} 10% | {merl} 100% |" in table
+  assert ("| linear_probe_max_test | merl_ptbxl_super: macro | 0.800 [0.750, 0.850] | 0.824 "
+          "| 0.863 | 0.887 |") in table
+  assert ("| linear_probe | merl_ptbxl_form: macro | 0.700 [0.650, 0.750] | – | – | – |"
+          in table)
+  assert "icbeb" not in table and "rhythm" not in table  # only the folders' task sets

@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from ecgclip_jax import api, evaluation, prediction, training
-from ecgclip_jax.data import pipeline, sources, synthetic
+from ecgclip_jax.data import pipeline, signal, sources, synthetic
 from ecgclip_jax.data.leads import LEAD_NAMES
 from ecgclip_jax.data.signal import SignalSpec
 from ecgclip_jax.data.skips import SkipRecord
@@ -87,9 +87,10 @@ def test_each_format_is_prepared_exactly_as_a_build_prepares_it(tmp_path):
   assert set(records) == set(paths)
   for name, path in paths.items():
     prepared = prediction.prepare_input(str(path), spec, arrays)
-    np.testing.assert_array_equal(prepared.ecg, records[name]["ecg"])
+    assert prepared.ecg.shape[0] == 1  # the build's crop: one window
+    np.testing.assert_array_equal(prepared.ecg[0], records[name]["ecg"])
     np.testing.assert_array_equal(prepared.lead_mask, records[name]["lead_mask"])
-    mine = {"ecg": prepared.ecg, "lead_mask": prepared.lead_mask, "labels": np.zeros(1)}
+    mine = {"ecg": prepared.ecg[0], "lead_mask": prepared.lead_mask, "labels": np.zeros(1)}
     np.testing.assert_array_equal(transform.map(mine)["ecg"],
                                   transform.map(records[name])["ecg"])  # the model's input
 
@@ -132,6 +133,9 @@ def test_predict_a_folder_of_every_format_with_bad_files(tiny_config, tmp_path, 
   assert result["ok"] == 3 and result["inputs"] == 8
   for name, reason in bad.items():
     assert by_name[name]["status"] == "error" and by_name[name]["error"].startswith(reason)
+    assert by_name[name]["windows"] is None and by_name[name]["note"] is None
+  assert by_name["rec_wfdb"]["note"] == "12.00 s: cropped to 10 s from the start"
+  assert (by_name["rec_wfdb"]["windows"], by_name["test0"]["note"]) == (1, "")
   prompts = zero_shot.load_prompts(tiny_config.eval.prompts,
                                    sources.open_dataset(tiny_config.data).label_names)
   train_reports = {r["report"].decode() for r in sources.open_dataset(
@@ -177,6 +181,8 @@ def test_predict_a_folder_of_every_format_with_bad_files(tiny_config, tmp_path, 
   assert [r["record"] for r in rows] == [e["record"] for e in result["records"]]
   for row, entry in zip(rows, result["records"]):
     assert row["status"] == entry["status"] and row["error"] == (entry["error"] or "")
+    assert row["note"] == (entry["note"] or "")
+    assert row["windows"] == str(entry["windows"] if entry["windows"] is not None else "")
     assert {k: float(row[f"score_{k}"]) for k in entry["scores"]} == entry["scores"]
     for k, near in enumerate(entry["nearest_reports"], start=1):
       assert (row[f"report_{k}"], float(row[f"similarity_{k}"])) == (near["report"],
@@ -189,6 +195,31 @@ def test_predict_a_folder_of_every_format_with_bad_files(tiny_config, tmp_path, 
   reports, counts, _ = prediction.report_bank(model, dataset, "train", str(cache))
   assert "report bank: embedding" not in capsys.readouterr().out
   assert set(reports) == train_reports - {""} and counts.sum() == len(dataset.source("train"))
+
+  # Longer files read whole as windows 5 s apart, scored with their mean embedding; a
+  # shorter one rejected.
+  other = tmp_path / "other_lengths"
+  other.mkdir()
+  long_mv = _ecg_mv(100, 20, 4)
+  np.save(other / "long.npy", long_mv)
+  np.save(other / "short.npy", _ecg_mv(100, 9.95, 5))
+  length = signal.Length(long="window", window_stride_s=5, short="reject")
+  result = prediction.predict_and_write(workdir, [str(other)], str(tmp_path / "w.json"),
+                                        arrays=prediction.ArrayFormat(sample_rate=100),
+                                        length=length, top_k=1)
+  assert result["length"] == {"long": "window", "window_stride_s": 5, "short": "reject"}
+  entry = {e["record"]: e for e in result["records"]}
+  assert entry["long"]["windows"] == 3 and entry["long"]["padded_samples"] == 0
+  assert entry["long"]["note"] == "20.00 s: 3 windows of 10 s, 5 s apart, averaged"
+  assert entry["short"]["error"].startswith("wrong_duration: 9.95 s < 10.00 s (short='reject')")
+  emb = model.embed_ecg(long_mv, sample_rate=100, long="window", window_stride_s=5)
+  scores, _ = zero_shot.prompt_scores(emb[None], prompts, dataset.label_names, model.embed_text)
+  np.testing.assert_allclose(list(entry["long"]["scores"].values()), scores[0], atol=2e-4)
+  printed = capsys.readouterr().out
+  assert "[ok] long" in printed and "(20.00 s: 3 windows of 10 s, 5 s apart, averaged)" in printed
+  with open(tmp_path / "w.csv", newline="") as f:
+    row = next(r for r in csv.DictReader(f) if r["record"] == "long")
+  assert (row["windows"], row["padded_samples"]) == ("3", "0") and "3 windows" in row["note"]
 
   # With nothing readable the outputs still say why, and it fails.
   with pytest.raises(ValueError, match="none of the 5 inputs could be used"):

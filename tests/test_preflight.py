@@ -36,6 +36,8 @@ def test_config_problems_are_one_line_each_and_all_reported():
     ("nonfinite.policy", "ignore", "nonfinite.policy='ignore'; choose one of ('skip', 'stop')"),
     ("text.max_length", 0, "text.max_length must be positive, got 0"),
     ("grad_accum_steps", -1, "grad_accum_steps must be positive, got -1"),
+    ("model.uma_weight", -1.0, "model.uma_weight must be >= 0, got -1.0"),
+    ("model.uma_dropout", 1.0, "model.uma_dropout must be in [0, 1), got 1.0"),
 ])
 def test_values_out_of_range(key, value, message):
   c = default_config()

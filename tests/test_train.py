@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from ecgclip_jax import checkpoint, training
-from ecgclip_jax.config_defaults import default_config, validate_config
+from ecgclip_jax.config_defaults import config_problems, default_config, validate_config
+from ecgclip_jax.data import sources
 
 
 def test_train_writes_checkpoints_metrics_and_eval(tiny_config, tmp_path, capsys):
@@ -81,6 +82,28 @@ def test_a_frozen_text_tower_trains_the_same_on_precomputed_features(tiny_config
       np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-6)
 
 
+def test_training_leaves_out_records_without_a_report_and_drops_leads(tiny_config, tmp_path,
+                                                                       capsys):
+  """Every other training record has no report, and no ECG either: reading one would fail
+  the run, so finishing shows none entered training; the log counts them. Lead dropout
+  (every record reduced) changes what the same records train on: the first loss moves."""
+  tiny_config.eval.at_end_of_training = False  # as other tests: their compiled step serves
+  train = list(sources.open_dataset(tiny_config.data).source("train"))
+  source = [r if i % 2 else {**{k: v for k, v in r.items() if k != "ecg"}, "report": b""}
+            for i, r in enumerate(train)]
+  first_loss = {}
+  for rate in (0.0, 1.0):
+    tiny_config.data.lead_dropout = rate
+    workdir = tmp_path / str(rate)
+    training.train_and_evaluate(tiny_config, str(workdir), train_source=source)
+    first_loss[rate] = json.loads(open(workdir / "metrics.jsonl").readline())["loss"]
+  without_report = len(train) - len(train) // 2
+  assert capsys.readouterr().out.count(
+      f"left {without_report} training records without a report out of contrastive training "
+      f"({len(train) // 2} remain)") == 2
+  assert np.isfinite(first_loss[1.0]) and first_loss[1.0] != first_loss[0.0]
+
+
 def test_rerun_of_a_finished_run_does_not_train_again(tiny_config, tmp_path, capsys):
   tiny_config.eval.at_end_of_training = False
   training.train_and_evaluate(tiny_config, str(tmp_path))
@@ -96,6 +119,14 @@ def test_locked_defaults_reject_misspelt_keys_where_written():
   with pytest.raises(AttributeError):
     c.optim.learning_rat = 1.0
   validate_config(c)
+
+
+def test_lead_dropout_settings_are_checked_up_front():
+  c = default_config()
+  c.data.lead_dropout, c.data.lead_dropout_sets = 1.5, "I;I,II;V7"
+  problems = config_problems(c)
+  assert "data.lead_dropout must be in [0, 1], got 1.5" in problems
+  assert any(p.startswith("data.lead_dropout_sets: 'V7' is not a lead") for p in problems)
 
 
 def test_sigterm_in_a_single_process_run_is_noticed_at_the_next_step():

@@ -8,6 +8,7 @@ import jax
 import jax.extend
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec
@@ -15,6 +16,7 @@ from jax.sharding import PartitionSpec
 from ecgclip_jax import losses, parallel, train_state
 from ecgclip_jax.config_defaults import default_config
 from ecgclip_jax.models import build
+from test_losses import _reference_uma
 
 
 def _names(tree):
@@ -310,3 +312,143 @@ def test_accumulation_with_batch_norm_uses_each_microbatchs_statistics(small):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
   for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads), strict=True):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_a_fixed_temperature_is_a_constant_not_a_parameter(small):
+  """model.learn_logit_scale=False (MERL's fixed 0.07): no `logit_scale` parameter, and the
+  model built from the abstract weights scales by 1 / 0.07 outside any trace (it once held a
+  tracer leaked from ModelDef's abstract build, and the training step failed)."""
+  config = copy.deepcopy(small[0])
+  config.model.learn_logit_scale = False
+  model_def = build.ModelDef(config)
+  params, model_state = model_def.abstract_weights
+  assert "logit_scale" not in params
+  np.testing.assert_allclose(model_def.model(params, model_state).scale(), 1 / 0.07, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# MERL's uni-modal alignment (model.uma_weight), on the small model with attention pooling,
+# so the views' time-averaged features differ from the pooled ones the embedding reads.
+# ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def uma_small(small):
+  config = copy.deepcopy(small[0])
+  config.ecg.pooling = "attention"
+  config.model.uma_weight = 0.5
+  config.model.uma_dropout = 0.25
+  config.optim.warmup_steps = 0  # the first step moves the parameters
+  trainer = train_state.Trainer(config)
+  return trainer, trainer.init(jax.random.key(0), load_pretrained_text=False)
+
+
+def test_uma_views_are_dropout_after_two_heads_on_the_time_averaged_features(uma_small):
+  """Each view is MERL's `dropout(linear(avgpool(features)))`: the last stage averaged over
+  time through its own head (float64 numpy from the head's kernel and bias), then inverted
+  dropout: each entry is 0 or that value / (1 - p) (float32: rtol 1e-5, atol 1e-5 of the
+  largest magnitude), about p of them 0, a mask
+  of its own. The embedding is still the attention-pooled one. The same key draws the same
+  views (a resumed step), another key other masks."""
+  trainer, state = uma_small
+  p = trainer.config.model.uma_dropout
+  ecg = _random_batch(trainer.config, np.random.default_rng(), 32)["ecg"]
+
+  @jax.jit
+  def run(key):
+    model = trainer.model(state.params, state.model_state)
+    return (model.encode_ecg_with_views(ecg, train_state.uma_rngs(key)),
+            model.encode_ecg(ecg, train=True),
+            model.ecg_encoder.feature_map(ecg, train=True))
+
+  (emb, *views), plain_emb, features = run(jax.random.key(1))
+  np.testing.assert_allclose(emb, plain_emb, rtol=1e-6, atol=1e-7)
+  mean = np.float64(features).mean(axis=1)
+  masks = []
+  for view, head in zip(views, state.params["uma_heads"].values(), strict=True):
+    undropped = mean @ np.float64(head["kernel"]) + np.float64(head["bias"])
+    kept = np.asarray(view) != 0
+    np.testing.assert_allclose(np.asarray(view)[kept], undropped[kept] / (1 - p), rtol=1e-5,
+                               atol=1e-5 * np.abs(undropped).max())
+    assert 0.15 < 1 - kept.mean() < 0.35  # 512 entries: p = 0.25 within 10 binomial sds
+    masks.append(kept)
+  assert (masks[0] != masks[1]).any()
+  again, _, _ = run(jax.random.key(1))
+  other, _, _ = run(jax.random.key(2))
+  for view, same, different in zip(views, again[1:], other[1:]):
+    np.testing.assert_array_equal(view, same)
+    assert ((np.asarray(view) != 0) != (np.asarray(different) != 0)).any()
+
+
+def test_uma_weight_zero_is_the_clip_loss_and_a_positive_weight_adds_the_uma_term(small,
+                                                                                   uma_small):
+  """uma_weight=0 builds no UMA heads and its step's loss is the plain CLIP loss. With
+  uma_weight=0.5 a step runs and its loss is CLIP plus 0.5 x the float64 UMA reference of
+  the views drawn from that step's dropout key (rtol 1e-5), not the CLIP loss alone, and
+  the first update moves both heads."""
+  trainer, state = uma_small
+  config, plain_state = small
+  assert "uma_heads" not in plain_state.params and "uma_heads" in state.params
+  batch = _random_batch(config, np.random.default_rng(), 32)
+  plain = train_state.Trainer(config)
+
+  def clip_of(trainer, state):
+    model = trainer.model(state.params, state.model_state)
+    return losses.clip_loss(model.encode_ecg(batch["ecg"], train=True),
+                            model.encode_text(batch["input_ids"], batch["attention_mask"]),
+                            model.scale())
+
+  plain_loss, clip = jax.jit(lambda: (plain.loss_and_grads(plain_state, batch)[0],
+                                      clip_of(plain, plain_state)))()
+  np.testing.assert_allclose(plain_loss, clip, rtol=1e-6)
+
+  @jax.jit
+  def uma_step():
+    key = train_state.step_dropout_key(state.rng, state.step)
+    views = trainer.model(state.params, state.model_state).encode_ecg_with_views(
+        batch["ecg"], train_state.uma_rngs(key))[1:]
+    return trainer.train_step(state, batch), views, clip_of(trainer, state)
+
+  (new_state, metrics), views, clip = uma_step()
+  uma = _reference_uma(*(np.asarray(v) for v in views))[0]
+  np.testing.assert_allclose(metrics["loss"], clip + 0.5 * uma, rtol=1e-5)
+  assert uma > 0.1 and bool(metrics["finite"])
+  for before, after in zip(jax.tree.leaves(state.params["uma_heads"]),
+                           jax.tree.leaves(new_state.params["uma_heads"])):
+    assert not np.array_equal(before, after)
+
+
+# ---------------------------------------------------------------------------------------
+# MERL's optimizer: cosine with restarts, no gradient clipping.
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("warmup", [0, 3])
+def test_restart_schedule_is_pytorchs_cosine_annealing_warm_restarts(warmup):
+  """optim.restart_every_steps=T: after the warmup (linear from 0), PyTorch's
+  CosineAnnealingWarmRestarts(T_0=T, T_mult=1, eta_min=factor x peak), written here from its
+  documented formula in float64 (rtol 1e-6)."""
+  config = default_config()
+  config.total_steps, config.optim.warmup_steps = 40, warmup
+  config.optim.learning_rate, config.optim.end_learning_rate_factor = 1e-3, 1e-5
+  config.optim.restart_every_steps = 10
+  schedule = train_state.learning_rate_schedule(config)
+  steps = np.arange(warmup, 40)
+  t_cur = (steps - warmup) % 10
+  want = 1e-8 + (1e-3 - 1e-8) * (1 + np.cos(np.pi * t_cur / 10)) / 2
+  np.testing.assert_allclose([schedule(s) for s in steps], want, rtol=1e-6)
+  np.testing.assert_allclose([schedule(s) for s in range(warmup)],
+                             1e-3 * np.arange(warmup) / max(warmup, 1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("clip,want_norm", [(1.0, 1.0), (0.0, 100.0)])
+def test_clip_grad_norm_zero_turns_clipping_off(clip, want_norm):
+  """Adam's first moment after one update is (1 - b1) x the gradient the clipping passed on:
+  norm 100 unclipped (optim.clip_grad_norm=0, as MERL trains), 1 clipped."""
+  config = default_config()
+  config.optim.clip_grad_norm = clip
+  tx = train_state.make_optimizer(config)
+  params = {"kernel": jnp.zeros((10, 10))}
+  _, opt_state = tx.update({"kernel": jnp.full((10, 10), 10.0)}, tx.init(params), params)
+  is_adam = lambda s: isinstance(s, optax.ScaleByAdamState)
+  (adam,) = [s for s in jax.tree.leaves(opt_state, is_leaf=is_adam) if is_adam(s)]
+  np.testing.assert_allclose(np.linalg.norm(adam.mu["kernel"]),
+                             (1 - config.optim.b1) * want_norm, rtol=1e-6)

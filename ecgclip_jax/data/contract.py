@@ -37,7 +37,9 @@ SURROGATE = re.compile("[\ud800-\udfff]")  # undecodable bytes read with surroga
 
 # Every builder's version history: the contract's changes, which change what a build stores.
 # A builder at version V stores the contract as of V, and reads only builds of V (TFDS keeps
-# each version in its own folder, data_dir/NAME/CONFIG/V).
+# each version in its own folder, data_dir/NAME/CONFIG/V). A change of one builder's output
+# adds that builder's own note above these (ptbxl 1.2.0), so the contract's next change takes a
+# version above every builder's.
 RELEASE_NOTES = {
     "1.0.0": "Initial release.",
     "1.1.0": ("`ecg` is stored as raw bytes (Encoding.BYTES) instead of an int64 list: the "

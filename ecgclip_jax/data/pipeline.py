@@ -17,7 +17,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from ecgclip_jax.data import contract
+from ecgclip_jax.data import contract, leads
 from ecgclip_jax.data.normalize import check_normalization, normalize_ecg
 
 
@@ -106,6 +106,20 @@ class Subset(collections.abc.Sequence):
     return self.source[int(self.indices[i])]
 
 
+class Mapped(collections.abc.Sequence):
+  """The records of `source`, each through `fn` (a module-level function or a partial of
+  one, so the source still pickles)."""
+
+  def __init__(self, source: Sequence[dict[str, Any]], fn):
+    self.source, self.fn = source, fn
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, i):
+    return self.fn(self.source[i])
+
+
 def token_counts(source: Sequence[dict[str, Any]], tokenizer, max_length: int) -> np.ndarray:
   """Tokens of each record's report, special tokens included, at most `max_length`."""
   reports = [contract.text(record["report"]) for record in source]
@@ -130,6 +144,30 @@ class WithTextFeatures:
     return {**self._source[index], "text_features": self._text_features[index]}
 
 
+class LeadDropout(grain.transforms.RandomMap):
+  """data.lead_dropout: with probability `rate` a training record keeps only one reduced lead
+  set, drawn uniformly from `sets` (leads.parse_dropout_sets), so that one model serves the
+  inputs of smaller devices; "random" keeps each lead with probability 1/2 (the random lead
+  masking of Oh et al. 2022). It runs on the int16 record, before RecordTransform normalizes
+  it, through leads.restrict_leads: a dropped lead is then exactly a lead the recording lacks,
+  min-max range included (dropping normalized leads in the jitted step would leave the
+  range of all 12). A draw that would leave no lead keeps the record whole. `rng` is the
+  sampler's generator of the record's stream position, so the draw is the same in any
+  process layout and after a resume."""
+
+  def __init__(self, rate: float, sets: str):
+    self.rate, self.sets = rate, leads.parse_dropout_sets(sets)
+
+  def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    if rng.random() >= self.rate:
+      return record
+    _, indices = self.sets[rng.integers(len(self.sets))]
+    if indices is None:
+      indices = np.flatnonzero(rng.random(leads.NUM_LEADS) < 0.5)
+    restricted = leads.restrict_leads(record, None, indices)
+    return restricted if restricted["lead_mask"].any() else record
+
+
 class GlobalBatchSampler:
   """Training order that does not depend on how many processes or grain workers read it.
 
@@ -140,7 +178,8 @@ class GlobalBatchSampler:
   (j*W + w)*S + p for that worker's j-th record and batches each worker's records on its
   own, round robin over workers; `__getitem__` inverts that mapping. So 1 process or 64,
   0 workers or 8, see the same global batches, and the data position after k steps is k:
-  a run resumes from its step in any process layout.
+  a run resumes from its step in any process layout. Each record's `rng` (random transforms:
+  LeadDropout) is keyed by the seed and its stream position, so it too is the same.
   """
 
   def __init__(self, num_records: int, per_process_batch_size: int, process_count: int,
@@ -189,13 +228,14 @@ def make_train_iterator(
     worker_count: int = 0,
     start_step: int = 0,
     read_threads: int = 0,
+    lead_dropout: LeadDropout | None = None,
 ) -> grain.DataLoaderIterator:
   """Returns an endless iterator of this process's rows of global batches `start_step`,
   `start_step + 1`, ... (see GlobalBatchSampler). Batches are dicts of numpy: `ecg` float32
   [b, T, 12], `lead_mask` bool [b, 12], `input_ids`/`attention_mask` int32 [b, L] (not
   without a `tokenizer`), `text_features` float32 [b, H] (a `WithTextFeatures` source),
   `labels` bool [b, num_labels], and `record_id` bytes [b] (for the host's logs, not the
-  device).
+  device). `lead_dropout` reduces records' lead sets before they are normalized.
   """
   if len(source) < per_process_batch_size * process_count:
     raise ValueError(f"{len(source)} records cannot fill a global batch of "
@@ -210,6 +250,7 @@ def make_train_iterator(
       data_source=source,
       sampler=sampler,
       operations=[
+          *([lead_dropout] if lead_dropout is not None else []),
           RecordTransform(tokenizer, max_text_length, normalization, with_record_id=True),
           grain.transforms.Batch(per_process_batch_size, drop_remainder=True),
       ],

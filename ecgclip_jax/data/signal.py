@@ -18,6 +18,10 @@
                zero-padded at the end (the padded tail is zeros in every lead).
   7. quantize to int16 microvolts; samples beyond +-32.767 mV are clipped and counted.
 A record that cannot be used raises `SkipRecord` with its reason.
+
+Builds always crop and pad. Predict, the Python API and the probe may instead read a longer
+record whole, as windows of the model's length (`Length`, `fit_windows`), and reject a
+shorter one instead of padding it.
 """
 
 from __future__ import annotations
@@ -74,15 +78,62 @@ class SignalSpec:
     return round(self.sample_rate * self.min_duration_s)
 
 
+LONG_CHOICES = ("crop", "window")
+SHORT_CHOICES = ("pad", "reject")
+
+
+@dataclasses.dataclass(frozen=True)
+class Length:
+  """What predict, the API and the probe do with a record longer or shorter than the model's
+  input (after resampling to its rate).
+
+  long:  'crop' - the build's own crop (`SignalSpec.crop`), so a record scores as it would
+         in a build; 'window' - every window of the model's length, `window_stride_s` apart
+         (default: the window length, no overlap), plus one aligned to the end when the last
+         would leave a tail, so no sample is lost; the record's embedding is the mean of its
+         windows' (see inference.mean_over_windows).
+  short: 'pad' - zeros at the end, as builds pad (records shorter than the spec's
+         `min_duration_s` are still rejected); 'reject' - any shorter record is rejected.
+  """
+
+  long: str = "crop"
+  window_stride_s: float | None = None
+  short: str = "pad"
+
+  def __post_init__(self):
+    if self.long not in LONG_CHOICES:
+      raise ValueError(f"long must be one of {LONG_CHOICES}, got {self.long!r}")
+    if self.short not in SHORT_CHOICES:
+      raise ValueError(f"short must be one of {SHORT_CHOICES}, got {self.short!r}")
+    if self.window_stride_s is not None:
+      if self.long != "window":
+        raise ValueError("window_stride_s needs long='window'")
+      if not self.window_stride_s > 0:
+        raise ValueError(f"window_stride_s must be positive, got {self.window_stride_s}")
+
+  def stride(self, spec: SignalSpec) -> int:
+    """Samples between window starts at the spec's rate (at least 1)."""
+    if self.window_stride_s is None:
+      return spec.num_samples
+    return max(1, round(self.window_stride_s * spec.sample_rate))
+
+
 @dataclasses.dataclass
 class PreparedSignal:
-  ecg: np.ndarray  # int16 [num_samples, 12], microvolts, canonical lead order
+  ecg: np.ndarray  # int16 [num_samples, 12], microvolts, canonical lead order; with a
+  # `Length`: [windows, num_samples, 12]
   lead_mask: np.ndarray  # bool [12]
   nonfinite_repaired: int = 0
   clipped: int = 0
   flat_leads: tuple[str, ...] = ()
   saturated_leads: tuple[str, ...] = ()
   padded_samples: int = 0
+  note: str = ""  # with a `Length`: how a record of another length was fit ('' if it was not)
+
+  def fit(self) -> dict:
+    """How a record prepared with a `Length` (`ecg` [windows, T, 12]) was fit to the model's
+    input: what predict and the API report beside its scores."""
+    return {"windows": len(self.ecg), "padded_samples": self.padded_samples, "note": self.note}
 
 
 def canonical_lead_name(name: str) -> str | None:
@@ -199,10 +250,49 @@ def fit_length(signal: np.ndarray, spec: SignalSpec) -> tuple[np.ndarray, int]:
   return np.pad(signal, ((0, target - n), (0, 0))), target - n
 
 
-def _check_min_length(n: int, spec: SignalSpec) -> None:
-  if n < spec.min_samples:
+def window_starts(n: int, window: int, stride: int) -> list[int]:
+  """Starts of the `window`-sample windows of an n-sample record: every `stride` samples,
+  and one more aligned to the end when the last would leave a tail (every sample is in a
+  window). A record no longer than a window is one window, at 0."""
+  if n <= window:
+    return [0]
+  starts = list(range(0, n - window + 1, stride))
+  if starts[-1] + window < n:
+    starts.append(n - window)
+  return starts
+
+
+def fit_windows(signal: np.ndarray, spec: SignalSpec,
+                length: Length) -> tuple[np.ndarray, int, str]:
+  """An n-sample record at the spec's rate -> its windows `[W, spec.num_samples, ...]`, the
+  samples padded, and a note on how it was fit ('' for a record of the model's length).
+  A shorter record must have passed `check_min_length`."""
+  n, target, rate = len(signal), spec.num_samples, spec.sample_rate
+  seconds = f"{n / rate:.2f} s"
+  if n > target and length.long == "window":
+    stride = length.stride(spec)
+    starts = window_starts(n, target, stride)
+    return (np.stack([signal[s:s + target] for s in starts]), 0,
+            f"{seconds}: {len(starts)} windows of {target / rate:g} s, {stride / rate:g} s "
+            f"apart{' (the last aligned to the end)' if (n - target) % stride else ''}, "
+            f"averaged")
+  fitted, padded = fit_length(signal, spec)
+  if n > target:
+    note = f"{seconds}: cropped to {target / rate:g} s from the {spec.crop}"
+  else:
+    note = f"{seconds}: zero-padded by {padded / rate:.2f} s" if padded else ""
+  return fitted[None], padded, note
+
+
+def check_min_length(n: int, spec: SignalSpec, length: Length | None = None) -> None:
+  """Rejects a record too short to pad: below `spec.min_samples`, or below the model's
+  length when `length.short` is 'reject'."""
+  strict = length is not None and length.short == "reject"
+  minimum = spec.num_samples if strict else spec.min_samples
+  if n < minimum:
     raise SkipRecord("wrong_duration",
-                     f"{n / spec.sample_rate:.2f} s < {spec.min_samples / spec.sample_rate:.2f} s")
+                     f"{n / spec.sample_rate:.2f} s < {minimum / spec.sample_rate:.2f} s"
+                     + (" (short='reject')" if strict else ""))
 
 
 def quantize_uv(signal_mv: np.ndarray) -> tuple[np.ndarray, int]:
@@ -213,8 +303,11 @@ def quantize_uv(signal_mv: np.ndarray) -> tuple[np.ndarray, int]:
   return np.clip(uv, -INT16_MAX_UV, INT16_MAX_UV).astype(np.int16), clipped
 
 
-def prepare(signal_mv: np.ndarray, fs: float, lead_names, spec: SignalSpec) -> PreparedSignal:
-  """A raw [T, C] millivolt record -> the data contract's int16 [T, 12] µV and lead mask."""
+def prepare(signal_mv: np.ndarray, fs: float, lead_names, spec: SignalSpec,
+            length: Length | None = None) -> PreparedSignal:
+  """A raw [T, C] millivolt record -> the data contract's int16 [T, 12] µV and lead mask.
+  With a `length` (predict, the API): `ecg` is the record's windows [W, T, 12] (one for a
+  record cropped or padded) and `note` says how it was fit."""
   signal, mask = to_canonical_leads(signal_mv, lead_names)
   if signal.shape[0] == 0:
     raise SkipRecord("wrong_duration", "no samples")
@@ -226,11 +319,15 @@ def prepare(signal_mv: np.ndarray, fs: float, lead_names, spec: SignalSpec) -> P
   if len(saturated) > spec.max_saturated_leads:
     raise SkipRecord("saturated_leads", f"saturated: {', '.join(saturated)}")
   signal = resample(signal, fs, spec.sample_rate)
-  _check_min_length(signal.shape[0], spec)  # before filtering, which needs a few dozen samples
+  check_min_length(signal.shape[0], spec, length)  # before filtering (a few dozen samples)
   if spec.bandpass_hz is not None:
     signal = bandpass(signal, spec.sample_rate, *spec.bandpass_hz)
-  signal, padded = fit_length(signal, spec)
-  signal[:, ~mask] = 0.0
+  if length is None:
+    (signal, padded), note = fit_length(signal, spec), ""
+  else:
+    signal, padded, note = fit_windows(signal, spec, length)
+  signal[..., ~mask] = 0.0
   ecg, clipped = quantize_uv(signal)
   return PreparedSignal(ecg=ecg, lead_mask=mask, nonfinite_repaired=repaired, clipped=clipped,
-                        flat_leads=flat, saturated_leads=saturated, padded_samples=padded)
+                        flat_leads=flat, saturated_leads=saturated, padded_samples=padded,
+                        note=note)

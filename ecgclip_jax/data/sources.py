@@ -12,16 +12,18 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
+import numpy as np
 from etils import epath
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
 from ecgclip_jax import storage
-from ecgclip_jax.data import signal
+from ecgclip_jax.data import contract, pipeline, signal
+from ecgclip_jax.progress import Progress
 
 SYNTHETIC = "synthetic_ecg_reports"
 
@@ -54,6 +56,49 @@ class Dataset:
       raise ValueError(f"{self.builder.info.full_name} has no split {split!r}; "
                        f"available: {sorted(splits)}")
     return self.builder.as_data_source(split=split)
+
+  def contrastive_source(self, split: str):
+    """`(records, left_out)`: the split's records that have a report (`with_reports`), and how
+    many had none."""
+    return with_reports(self.source(split), self.report_mask(split))
+
+  def report_mask(self, split: str) -> np.ndarray:
+    """Which records of the split have a report. A build that skipped every record without
+    one (an EcgBuilder config's `require_report`: MIMIC-IV-ECG, a manifest by default) is
+    not read for it, which would cost a pass over the whole split at every start."""
+    source = self.source(split)
+    if getattr(self.builder.builder_config, "require_report", False):
+      return np.ones(len(source), bool)
+    return report_mask(source)
+
+
+def report_mask(source: Sequence[dict[str, Any]]) -> np.ndarray:
+  """Which records of `source` have a report (not blank). Reads every record once (PTB-XL
+  at 500 Hz: about 1 ms a record from a local disk)."""
+  has_report = np.zeros(len(source), bool)
+  progress = Progress("finding the records that have a report", len(source))
+  for i, record in enumerate(source):
+    has_report[i] = bool(contract.text(record["report"]).strip())
+    progress.update(1)
+  progress.done()
+  return has_report
+
+
+def with_reports(source: Sequence[dict[str, Any]], has_report: np.ndarray | None = None
+                 ) -> tuple[Sequence[dict[str, Any]], int]:
+  """`(records, left_out)`: the records of `source` that have a report (`has_report`, default
+  `report_mask(source)`), and how many had none. Contrastive training pairs each ECG with its
+  report, while a build may keep records without one for their labels (PTB-XL's blank
+  reports, the challenge's label-only corpus, a manifest built with require_report=False):
+  one build then serves pre-training and evaluation."""
+  has_report = report_mask(source) if has_report is None else has_report
+  if not has_report.any():
+    raise ValueError(f"none of the {len(source):,} training records has a report: contrastive "
+                     f"training needs reports (a label-only dataset serves evaluation and "
+                     f"probes)")
+  if has_report.all():
+    return source, 0
+  return pipeline.Subset(source, np.flatnonzero(has_report)), int((~has_report).sum())
 
 
 def _builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
@@ -139,10 +184,11 @@ def _built_by_process_zero(
   return builder or open_or_build()
 
 
-def open_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
-  """The dataset named by the config, checked against the config's record length."""
+def open_dataset(data_config: ml_collections.ConfigDict, *, any_length: bool = False) -> Dataset:
+  """The dataset named by the config, checked against the config's record length (not with
+  `any_length`: a probe's task data, whose records the model embeds as windows)."""
   dataset = Dataset(_built_by_process_zero(lambda: _prepared_builder(data_config)))
-  if dataset.num_samples != data_config.num_samples:
+  if not any_length and dataset.num_samples != data_config.num_samples:
     raise ValueError(
         f"{dataset.builder.info.full_name} has records of {dataset.num_samples} samples, "
         f"but data.num_samples={data_config.num_samples}: set it to match")

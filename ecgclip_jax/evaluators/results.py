@@ -11,22 +11,27 @@ import json
 
 from etils import epath
 
-FIELDS = ("run", "method", "fraction", "seeds", "task", "n", "positives", "prevalence",
+FIELDS = ("run", "method", "fraction", "leads", "seeds", "task", "n", "positives", "prevalence",
           "prauc", "prauc_lo", "prauc_hi", "prauc_std", "auroc", "auroc_lo", "auroc_hi",
           "auroc_std", "n_bootstrap_used", "status")
 INT_FIELDS = frozenset({"seeds", "n", "positives", "n_bootstrap_used"})
 FLOAT_FIELDS = frozenset({"fraction", "prevalence", "prauc", "prauc_lo", "prauc_hi", "prauc_std",
                           "auroc", "auroc_lo", "auroc_hi", "auroc_std"})
 MACRO = "macro"
-METHOD_ORDER = ("zero_shot", "linear_probe", "finetune")
+METHOD_ORDER = ("zero_shot", "linear_probe", "linear_probe_max_test", "finetune")
+# Methods whose epoch was picked on the test set: shown, labelled, never as a fair estimate.
+TEST_SELECTED = {"linear_probe_max_test": "linear probe, epoch of best test macro AUROC "
+                                          "(MERL's selection rule)"}
 MISSING = "–"  # a cell with no result: that run did not run that method at that fraction
+ALL_LEADS = "all"  # the `leads` of a row scored on every lead (and of results without one)
 
 
 def rows_from_metrics(metrics: dict, run: str, method: str, fraction: float,
                       seeds: int) -> list[dict]:
   """`metrics.task_metrics` output as rows: the macro row (task "macro"), the scored tasks,
   then the tasks with too few positives (status "too_few_positives", metrics None)."""
-  base = {"run": run, "method": method, "fraction": float(fraction), "seeds": int(seeds)}
+  base = {"run": run, "method": method, "fraction": float(fraction), "leads": ALL_LEADS,
+          "seeds": int(seeds)}
   rows = []
   for task, m in [(MACRO, {**metrics["macro"], "n": metrics["n"]}), *metrics["tasks"].items()]:
     row = {**base, "task": task, "n": m["n"], "positives": m.get("positives"),
@@ -107,23 +112,32 @@ def markdown_table(header: list[str], body: list[list[str]]) -> str:
   return "\n".join(lines)
 
 
+def leads_of(row: dict) -> str:
+  return row.get("leads") or ALL_LEADS
+
+
 def pivot_table(rows: list[dict], metric: str = "prauc", *, counts: bool = True) -> str:
-  """Markdown: one line per (method, task), macro first and bold; one column per (run,
-  fraction), runs in order of appearance, fractions ascending; the run name is left out of
-  the column labels when there is one run, the method column when there is one method.
-  `counts` adds the test examples and positives (from the first run with that task)."""
+  """Markdown: one line per (method, task), macro first and bold; one column per (run, lead
+  set, fraction), runs and lead sets in order of appearance, fractions ascending; the run
+  name is left out of the column labels when there is one run, the lead set when there is
+  one, the method column when there is one method. `counts` adds the test examples and
+  positives (from the first run with that task)."""
   runs, methods = _ordered(r["run"] for r in rows), method_order(rows)
-  columns = sorted({(runs.index(r["run"]), r["fraction"]) for r in rows})
-  by_key = {(r["method"], r["task"], r["run"], r["fraction"]): r for r in rows}
+  lead_sets = _ordered(leads_of(r) for r in rows)
+  columns = sorted({(runs.index(r["run"]), lead_sets.index(leads_of(r)), r["fraction"])
+                    for r in rows})
+  by_key = {(r["method"], r["task"], r["run"], leads_of(r), r["fraction"]): r for r in rows}
   header = (["method"] if len(methods) > 1 else []) + ["task"] + (["n", "pos."] if counts else [])
-  header += [format_fraction(f) if len(runs) == 1 else f"{runs[i]} {format_fraction(f)}"
-             for i, f in columns]
+  header += [" ".join(([runs[i]] if len(runs) > 1 else [])
+                      + ([f"leads {lead_sets[j]}"] if len(lead_sets) > 1 else [])
+                      + [format_fraction(f)]) for i, j, f in columns]
   body = []
   for method in methods:
     of_method = [r for r in rows if r["method"] == method]
     for task in task_order(of_method):
       first = next(r for r in of_method if r["task"] == task)
-      cells = [format_cell(by_key.get((method, task, runs[i], f)), metric) for i, f in columns]
+      cells = [format_cell(by_key.get((method, task, runs[i], lead_sets[j], f)), metric)
+               for i, j, f in columns]
       name = task
       if task == MACRO:
         cells, name = [f"**{c}**" if c != MISSING else c for c in cells], f"**{MACRO}**"
@@ -143,12 +157,19 @@ def format_markdown(rows: list[dict], meta: dict) -> str:
   for key in ("task_set", "dataset", "run", "checkpoint", "seeds", "n_bootstrap"):
     if key in meta:
       lines.append(f"- {key}: {describe(meta[key])}")
+  for role, counts in meta.get("split_files", {}).items():
+    lines.append(f"- {role} split file {epath.Path(counts['file']).name}: {counts['found']} "
+                 f"of {counts['rows']} records found, {counts['missing']} missing")
   lines += ["- cells: point estimate (mean over seeds) [95% bootstrap CI over test examples]; "
             "macro: mean over the scored tasks", ""]
   for method in method_order(rows):
     for metric in ("prauc", "auroc"):
       table = pivot_table([r for r in rows if r["method"] == method], metric)
-      lines += [f"## {method}: {metric.upper()}", "", table, ""]
+      lines += [f"## {method}: {metric.upper()}", ""]
+      if method in TEST_SELECTED:
+        lines += [f"Selected on the TEST set ({TEST_SELECTED[method]}): optimistic, for "
+                  "comparison with published numbers chosen this way only.", ""]
+      lines += [table, ""]
   if meta.get("figures"):
     lines += ["## Figures", ""]
     lines += [f"- [{caption}]({name})" for name, caption in meta["figures"].items()] + [""]
@@ -165,49 +186,92 @@ def write_results(out_dir: str, rows: list[dict], meta: dict) -> None:
 
 
 def format_summary(rows: list[dict]) -> str:
-  """Macro PRAUC and AUROC with CIs per run, method and fraction, one line each."""
+  """Macro PRAUC and AUROC with CIs per run, method, lead set (a column when there are
+  several) and fraction, one line each."""
   macro = [r for r in rows if r["task"] == MACRO]
   width = max([len(r["run"]) for r in macro] + [3])
-  lines = [f"{'run':<{width}}  {'method':<12}  {'labels':>6}  {'tasks':>5}  "
-           f"{'macro PRAUC':<22}  macro AUROC"]
+  method_width = max([len(r["method"]) for r in macro] + [12])
+  several = len({leads_of(r) for r in macro}) > 1
+  leads_width = max([len(leads_of(r)) for r in macro] + [5])
+  leads_cell = lambda text: f"{text:<{leads_width}}  " if several else ""
+  lines = [f"{'run':<{width}}  {'method':<{method_width}}  {leads_cell('leads')}"
+           f"{'labels':>6}  {'tasks':>5}  {'macro PRAUC':<22}  macro AUROC"]
+  cell = lambda r: (r["run"], r["method"], leads_of(r), r["fraction"])
   for method in method_order(macro):
     for r in (r for r in macro if r["method"] == method):
       scored = sum(1 for t in rows if t["status"] == "ok" and t["task"] != MACRO
-                   and (t["run"], t["method"], t["fraction"]) == (r["run"], method, r["fraction"]))
-      lines.append(f"{r['run']:<{width}}  {method:<12}  {format_fraction(r['fraction']):>6}  "
-                   f"{scored:>5}  {format_cell(r, 'prauc'):<22}  {format_cell(r, 'auroc')}")
+                   and cell(t) == cell(r))
+      lines.append(f"{r['run']:<{width}}  {method:<{method_width}}  {leads_cell(leads_of(r))}"
+                   f"{format_fraction(r['fraction']):>6}  {scored:>5}  "
+                   f"{format_cell(r, 'prauc'):<22}  {format_cell(r, 'auroc')}")
   return "\n".join(lines)
 
 
 # ----------------------------------------------------------------- several runs
 
 
+def task_set_name(meta: dict) -> str:
+  """The task set a results folder's meta.json names (a name, or the task set itself)."""
+  task_set = meta.get("task_set", "")
+  return task_set.get("name", "") if isinstance(task_set, dict) else str(task_set)
+
+
 def load_runs(run_dirs: list[str]) -> list[dict]:
-  """Every row of every folder, with `run` made unique across folders."""
+  """Every row of every folder, with `task_set` from the folder's meta.json and `run` made
+  unique across the folders of one task set."""
   per_dir = []
   for run_dir in run_dirs:
     path = epath.Path(run_dir) / "results.csv"
     if not path.is_file():
       raise FileNotFoundError(f"no results.csv in {run_dir} (expected the output folder of "
                               "python -m ecgclip_jax.probe)")
-    per_dir.append(read_results(path))
+    meta_path = epath.Path(run_dir) / "meta.json"
+    task_set = task_set_name(json.loads(meta_path.read_text())) if meta_path.is_file() else ""
+    per_dir.append([{**row, "task_set": task_set} for row in read_results(path)])
   folders_of = collections.defaultdict(set)
   for run_dir, rows in zip(run_dirs, per_dir):
     for row in rows:
-      folders_of[row["run"]].add(run_dir)
+      folders_of[row["task_set"], row["run"]].add(run_dir)
   merged = []
   for run_dir, rows in zip(run_dirs, per_dir):
     folder = epath.Path(run_dir).name
     for row in rows:
-      if len(folders_of[row["run"]]) > 1:
+      if len(folders_of[row["task_set"], row["run"]]) > 1:
         row = {**row, "run": f"{folder}: {row['run']}"}
       merged.append(row)
   return merged
 
 
-def comparison(run_dirs: list[str], metric: str = "prauc", per_task: bool = False) -> str:
+def published_rows(path: str) -> list[dict]:
+  """A CSV of published macro figures (columns source, task_set, method, fraction, and prauc
+  and/or auroc) as result rows, each source a run."""
+  text = epath.Path(path).read_text(encoding="utf-8")
+  rows = []
+  for line, raw in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=2):
+    try:
+      row = {**{f: None for f in FIELDS}, "run": raw["source"], "method": raw["method"],
+             "fraction": float(raw["fraction"]), "task": MACRO, "status": "ok",
+             "task_set": raw["task_set"]}
+      row.update({m: float(raw[m]) for m in ("prauc", "auroc") if raw.get(m)})
+    except (KeyError, TypeError, ValueError) as e:
+      raise ValueError(f"published figures {path} line {line}: {e!r} (columns: task_set, "
+                       "source, method, fraction, prauc and/or auroc)") from None
+    rows.append(row)
+  return rows
+
+
+def comparison(run_dirs: list[str], metric: str = "prauc", per_task: bool = False,
+               published: str = "") -> str:
+  """The pivot table of several results folders, and of published figures for their task
+  sets (`published`: see published_rows). Folders of several task sets give one table whose
+  lines name the task set."""
   rows = load_runs(run_dirs)
+  if published:
+    task_sets = {r["task_set"] for r in rows}
+    rows += [r for r in published_rows(published) if r["task_set"] in task_sets]
   if not per_task:
     rows = [r for r in rows if r["task"] == MACRO]
+  if len({r["task_set"] for r in rows}) > 1:
+    rows = [{**r, "task": f"{r['task_set']}: {r['task']}"} for r in rows]
   return (f"{metric.upper()} (95% bootstrap CI) of {len(run_dirs)} result folders\n\n"
           + pivot_table(rows, metric, counts=per_task))

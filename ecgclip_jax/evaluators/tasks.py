@@ -48,6 +48,10 @@ class TaskSet:
   corpus_seed: int = 0  # synthetic corpus draw
   task_file: str | None = None  # absolute path
   task_spec: dict[str, dict] | None = None
+  # Published split files (see split_files.py): {"folder", "id_column", "first_label_column"},
+  # the folder absolute; the records and labels of each role come from its CSVs.
+  split_files: dict[str, str] | None = None
+  crop_samples: int = 0  # >0: only the first N samples are kept, the rest zeroed (MERL ICBEB)
   path: str = ""  # the JSON file this came from
 
   def select(self, names: list[str]) -> tuple[list[int], list[str]]:
@@ -134,6 +138,12 @@ def load_task_set(path: str) -> TaskSet:
     raise ValueError(f"{where}: task_spec describes the columns of a task_file; none is set")
   if task_file:
     task_file = paths.resolve_file(task_file, os.path.dirname(path), "task file")
+  split_files = _check_split_files(where, raw.get("split_files"), os.path.dirname(path))
+  if split_files and task_file:
+    raise ValueError(f"{where}: give task_file or split_files, not both")
+  crop_samples = _check_type(where, "crop_samples", raw.get("crop_samples", 0), int)
+  if crop_samples < 0:
+    raise ValueError(f"{where}: crop_samples must be >= 0 (0: the whole record)")
   return TaskSet(
       name=raw["name"], dataset=raw["dataset"], builder_config=raw["builder_config"],
       description=raw.get("description", ""), label_feature=raw.get("label_feature", "labels"),
@@ -141,7 +151,22 @@ def load_task_set(path: str) -> TaskSet:
       splits={role: splits.get(role, role) for role in SPLIT_ROLES},
       min_positives=min_positives, num_patients=num_patients, corpus_seed=corpus_seed,
       task_file=task_file,
-      task_spec=spec or None, path=path)
+      task_spec=spec or None, split_files=split_files, crop_samples=crop_samples, path=path)
+
+
+SPLIT_FILE_KEYS = ("folder", "id_column", "first_label_column")
+
+
+def _check_split_files(where: str, value, folder: str) -> dict[str, str] | None:
+  """The split_files entry with its folder resolved like a task file (the task set's folder,
+  then the checkout)."""
+  if value is None:
+    return None
+  if (not isinstance(value, dict) or set(value) != set(SPLIT_FILE_KEYS)
+      or not all(isinstance(v, str) and v for v in value.values())):
+    raise ValueError(f"{where}: split_files must be {{{', '.join(SPLIT_FILE_KEYS)}}}, each a "
+                     f"non-empty string, got {value!r}")
+  return {**value, "folder": paths.resolve_folder(value["folder"], folder, "split folder")}
 
 
 def available_task_sets() -> list[str]:
@@ -193,9 +218,10 @@ def _cell(raw: str, entry: dict) -> bool | None:
   return bool(DIRECTIONS[entry["direction"]](number, entry["threshold"]))
 
 
-def load_task_file(path: str, spec: dict | None = None) -> TaskTable:
-  """Reads a task CSV: `record_id`, optional `patient_id`, one column per task (names in any
-  case). `spec` maps task -> {"column", "type": "binary"} or {"column", "type":
+def load_task_file(path: str, spec: dict | None = None, *,
+                   id_column: str = "record_id") -> TaskTable:
+  """Reads a task CSV: `record_id` (or `id_column`), optional `patient_id`, one column per
+  task (names in any case). `spec` maps task -> {"column", "type": "binary"} or {"column", "type":
   "continuous", "threshold", "direction": "<" | "<=" | ">" | ">="}; None or empty: every
   other column is a binary task of its own name.
 
@@ -216,11 +242,12 @@ def load_task_file(path: str, spec: dict | None = None) -> TaskTable:
       if key in columns:
         raise ValueError(f"task file {path}: column {name.strip()!r} appears twice")
       columns[key] = i
-    if "record_id" not in columns:
-      raise ValueError(f"task file {path} has no record_id column (columns: {header})")
+    id_column = id_column.lower()
+    if id_column not in columns:
+      raise ValueError(f"task file {path} has no {id_column} column (columns: {header})")
     if not spec:
       spec = {name.strip(): {"column": name.strip(), "type": "binary"} for name in header
-              if name.strip().lower() not in ("record_id", "patient_id")}
+              if name.strip().lower() not in (id_column, "patient_id")}
       if not spec:
         raise ValueError(f"task file {path} has no task columns besides record_id/patient_id")
     for task, entry in spec.items():
@@ -228,7 +255,7 @@ def load_task_file(path: str, spec: dict | None = None) -> TaskTable:
         raise ValueError(f"task file {path}: task {task!r} reads column {entry['column']!r}, "
                          f"which the file does not have (columns: {header})")
     task_columns = [columns[entry["column"].lower()] for entry in spec.values()]
-    id_column, patient_column = columns["record_id"], columns.get("patient_id")
+    id_column, patient_column = columns[id_column], columns.get("patient_id")
 
     ids, patients, labels, known, problems, first_line = [], [], [], [], [], {}
     for row in reader:

@@ -39,8 +39,8 @@ def ecg_encoder_config(config: ml_collections.ConfigDict) -> resnet1d.ResNet1DCo
 
 def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> clip.ECGCLIP:
   """The two-tower model with randomly initialized weights (structure from the config and
-  the text encoder folder's config.json). Only the sigmoid loss has a logit bias, so the
-  softmax losses keep their parameter tree."""
+  the text encoder folder's config.json). Only the sigmoid loss has a logit bias, and only
+  UMA (model.uma_weight > 0) its heads, so other configs keep their parameter tree."""
   text_config = bert_lib.BertConfig.from_hf_dir(text_encoder_dir(config))
   text_encoder = bert_lib.BertEncoder(text_config, dtype=config.model.dtype, rngs=rngs)
   return clip.ECGCLIP(
@@ -48,6 +48,7 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> clip.ECGCL
       text_pooling=config.text.pooling, logit_scale_init=config.model.logit_scale_init,
       learn_logit_scale=config.model.learn_logit_scale,
       logit_bias_init=config.model.siglip_bias_init if config.model.loss == "siglip" else None,
+      uma_dropout=config.model.uma_dropout if config.model.uma_weight > 0 else None,
       rngs=rngs)
 
 

@@ -157,11 +157,18 @@ class ResNet1D(nnx.Module):
       raise ValueError(f"unknown ECG pooling {config.pooling!r}; choose one of {POOLINGS}")
 
   def __call__(self, ecg: jax.Array, train: bool = False) -> jax.Array:
+    return self.pooled(self.feature_map(ecg, train))
+
+  def feature_map(self, ecg: jax.Array, train: bool = False) -> jax.Array:
+    """The last stage's output `[B, ceil(T / 16), feature_dim]`, before pooling."""
     x = nnx.relu(_normalize(self.stem_norm, self.stem_conv(ecg), train))
     call_block = _remat_block if self.config.remat else BasicBlock1D.__call__
     for stage in self.stages:
       for block in stage:
         x = call_block(block, x, train)
+    return x
+
+  def pooled(self, feature_map: jax.Array) -> jax.Array:
     if self.pool is None:
-      return x.mean(axis=1)
-    return self.pool(x)
+      return feature_map.mean(axis=1)
+    return self.pool(feature_map)

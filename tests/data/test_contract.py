@@ -5,6 +5,7 @@ import pathlib
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from ecgclip_jax.config_defaults import default_config
 from ecgclip_jax.data import contract, skips, sources
@@ -93,9 +94,11 @@ def test_a_build_by_another_builder_version_is_named_and_not_read(tmp_path, caps
   ptbxl = default_config().data
   ptbxl.name, ptbxl.data_dir = "ptbxl", str(tmp_path)
   assert "1.0.0" not in sources.dataset_problem(ptbxl)
+  ptbxl_version = tfds.builder_cls("ptbxl").VERSION  # registered by dataset_problem
   (tmp_path / "ptbxl" / "100hz" / "1.0.0").mkdir(parents=True)
   assert sources.dataset_problem(ptbxl).startswith(
-      f"dataset ptbxl/100hz is not built in {tmp_path} (this builder reads version {version}; "
+      f"dataset ptbxl/100hz is not built in {tmp_path} (this builder reads version "
+      f"{ptbxl_version}; "
       f"the build of version 1.0.0 there has another format, which it does not read): set "
       f"data.manual_dir")
 

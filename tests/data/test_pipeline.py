@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from ecgclip_jax.data import normalize, pipeline
+from ecgclip_jax.data import normalize, pipeline, sources
 
 T, NUM_LABELS, MAX_LEN, N_RECORDS = 64, 5, 16, 50
 WORDS = "sinus rhythm normal ecg left axis deviation atrial fibrillation st elevation".split()
@@ -265,6 +265,88 @@ def test_grain_worker_processes_give_the_same_global_batches(source, tokenizer):
   in_process = global_stream(source, tokenizer, lookup, processes=2, steps=6)
   workers = global_stream(source, tokenizer, lookup, processes=2, steps=6, worker_count=2)
   assert workers == in_process
+
+
+# ------------------------------------------------------- lead dropout, reports
+
+
+@pytest.fixture(scope="module")
+def twelve_lead_source():
+  """Records with every lead, so that any lead a batch lacks was dropped."""
+  rng = np.random.default_rng(3)
+  return [{**make_record(rng, i), "lead_mask": np.ones(12, bool),
+           "ecg": rng.integers(-3000, 3000, size=(T, 12)).astype(np.int16)}
+          for i in range(N_RECORDS)]
+
+
+def dropout_stream(source, *, rate=0.3, sets="I;I,II;limb;random", processes=1, steps=40,
+                   b_global=10, **kw):
+  """(record_id, lead_mask) of every row of global batches 0..steps-1, rows of process 0
+  first, and the batches themselves."""
+  dropout = pipeline.LeadDropout(rate, sets)
+  iters = [train_iter(source, None, per_process_batch_size=b_global // processes,
+                      process_index=p, process_count=processes, lead_dropout=dropout,
+                      normalization="minmax", **kw) for p in range(processes)]
+  batches = [next(it) for _ in range(steps) for it in iters]
+  rows = [(record_id, mask.tobytes()) for batch in batches
+          for record_id, mask in zip(batch["record_id"].tolist(), batch["lead_mask"])]
+  return rows, batches
+
+
+def test_lead_dropout_rate_and_sets(twelve_lead_source):
+  """4,000 records (seeded): 30% dropped, the four sets equally often, each lead of a
+  "random" draw kept half the time; bounds are 5 binomial standard deviations."""
+  rows, _ = dropout_stream(twelve_lead_source, steps=400)
+  masks = np.array([np.frombuffer(mask, bool) for _, mask in rows])
+  n = len(masks)
+  dropped = masks[~masks.all(axis=1)]
+  assert abs(len(dropped) / n - 0.3) < 5 * math.sqrt(0.3 * 0.7 / n)
+  named = {name: np.isin(np.arange(12), indices)
+           for name, indices in (("I", (0,)), ("I,II", (0, 1)), ("limb", range(6)))}
+  counts = {name: int((dropped == mask).all(axis=1).sum()) for name, mask in named.items()}
+  random_draws = dropped[~np.any([(dropped == m).all(axis=1) for m in named.values()], axis=0)]
+  counts["random"] = len(random_draws)
+  k = len(dropped)
+  for name, count in counts.items():
+    assert abs(count / k - 0.25) < 5 * math.sqrt(0.25 * 0.75 / k), (name, counts)
+  kept = random_draws.mean()
+  assert abs(kept - 0.5) < 5 * math.sqrt(0.25 / random_draws.size), kept
+
+
+def test_dropped_leads_are_exactly_absent_leads(twelve_lead_source):
+  """Every row of the stream is the record restricted to the mask it came with, normalized
+  (min-max: the range spans only the kept leads) as an unrestricted record lacking them."""
+  by_id = {r["record_id"]: r for r in twelve_lead_source}
+  _, batches = dropout_stream(twelve_lead_source, rate=1.0, steps=10)
+  for batch in batches:
+    for record_id, ecg, mask in zip(batch["record_id"].tolist(), batch["ecg"],
+                                    batch["lead_mask"]):
+      assert 0 < mask.sum() < 12
+      record = by_id[record_id]
+      absent = {**record, "ecg": np.where(mask, record["ecg"], 0).astype(np.int16),
+                "lead_mask": mask}
+      np.testing.assert_array_equal(
+          ecg, normalize.normalize_ecg(absent["ecg"], absent["lead_mask"], "minmax"))
+
+
+def test_lead_dropout_is_the_same_in_any_layout_and_after_a_resume(twelve_lead_source):
+  one, _ = dropout_stream(twelve_lead_source, steps=12)
+  assert dropout_stream(twelve_lead_source, steps=12)[0] == one
+  assert dropout_stream(twelve_lead_source, processes=2, steps=8, start_step=4)[0] == one[40:]
+  assert dropout_stream(twelve_lead_source, steps=12, worker_count=2)[0] == one
+  other_seed, _ = dropout_stream(twelve_lead_source, steps=12, seed=8)
+  assert [mask for _, mask in other_seed] != [mask for _, mask in one]
+
+
+def test_records_without_a_report_are_left_out():
+  rng = np.random.default_rng(4)
+  reports = [b"sinus rhythm", b"", b"  ", b"normal ecg", "", b"st elevation"]
+  source = [{**make_record(rng, i), "report": report} for i, report in enumerate(reports)]
+  kept, left_out = sources.with_reports(source)
+  assert left_out == 3 and [r["record_id"] for r in kept] == [b"r0", b"r3", b"r5"]
+  assert sources.with_reports(kept) == (kept, 0)
+  with pytest.raises(ValueError, match="none of the 3 training records has a report"):
+    sources.with_reports([source[i] for i in (1, 2, 4)])
 
 
 # --------------------------------------------------------------- evaluation

@@ -398,6 +398,68 @@ def test_default_minimum_is_99_percent_of_the_duration(rng):
                      spec) == "wrong_duration"
 
 
+@pytest.mark.parametrize("n, stride, starts", [
+    (1000, 1000, [0]), (700, 1000, [0]), (2000, 1000, [0, 1000]),
+    (2500, 1000, [0, 1000, 1500]),  # the tail gets a window aligned to the end
+    (1500, 250, [0, 250, 500]), (1600, 400, [0, 400, 600]), (1001, 1, [0, 1])])
+def test_window_starts_cover_every_sample(n, stride, starts):
+  assert sig.window_starts(n, 1000, stride) == starts
+  covered = np.zeros(n, bool)
+  for start in starts:
+    covered[start:start + 1000] = True
+  assert covered.all()
+
+
+def test_longer_records_as_windows_or_cropped_as_a_build_crops(rng):
+  fs = 100
+  spec = sig.SignalSpec(sample_rate=fs, duration_s=10)
+  x = rng.normal(size=(2500, 12))
+  windows = sig.prepare(x, fs, LEAD_NAMES, spec, sig.Length(long="window"))
+  assert windows.ecg.shape == (3, 1000, 12) and windows.padded_samples == 0
+  for window, start in zip(windows.ecg, (0, 1000, 1500)):
+    np.testing.assert_array_equal(window, np.rint(x[start:start + 1000] * 1000))
+  assert windows.fit() == {"windows": 3, "padded_samples": 0, "note": (
+      "25.00 s: 3 windows of 10 s, 10 s apart (the last aligned to the end), averaged")}
+  overlap = sig.prepare(x[:1500], fs, LEAD_NAMES, spec,
+                        sig.Length(long="window", window_stride_s=2.5))
+  assert overlap.note == "15.00 s: 3 windows of 10 s, 2.5 s apart, averaged"
+  np.testing.assert_array_equal(overlap.ecg[1], np.rint(x[250:1250] * 1000))
+  # long="crop" is the build's own crop, as one window.
+  for crop in ("start", "center"):
+    crop_spec = sig.SignalSpec(sample_rate=fs, duration_s=10, crop=crop)
+    cropped = sig.prepare(x, fs, LEAD_NAMES, crop_spec, sig.Length())
+    np.testing.assert_array_equal(cropped.ecg, sig.prepare(x, fs, LEAD_NAMES, crop_spec).ecg[None])
+    assert cropped.note == f"25.00 s: cropped to 10 s from the {crop}"
+  exact = sig.prepare(x[:1000], fs, LEAD_NAMES, spec, sig.Length(long="window"))
+  assert exact.fit() == {"windows": 1, "padded_samples": 0, "note": ""}
+
+
+def test_shorter_records_padded_or_rejected(rng):
+  fs = 100
+  spec = sig.SignalSpec(sample_rate=fs, duration_s=10, min_duration_s=8)
+  x = rng.normal(size=(900, 12))
+  padded = sig.prepare(x, fs, LEAD_NAMES, spec, sig.Length(long="window", short="pad"))
+  assert padded.fit() == {"windows": 1, "padded_samples": 100,
+                          "note": "9.00 s: zero-padded by 1.00 s"}
+  np.testing.assert_array_equal(padded.ecg[0], sig.prepare(x, fs, LEAD_NAMES, spec).ecg)
+  with pytest.raises(SkipRecord, match=r"9.00 s < 10.00 s \(short='reject'\)") as e:
+    sig.prepare(x, fs, LEAD_NAMES, spec, sig.Length(short="reject"))
+  assert e.value.reason == "wrong_duration"
+  # Padding keeps the build's minimum.
+  assert skip_reason(sig.prepare, x[:799], fs, LEAD_NAMES, spec, sig.Length()) == "wrong_duration"
+
+
+def test_length_options_are_checked():
+  with pytest.raises(ValueError, match="long must be one of"):
+    sig.Length(long="slide")
+  with pytest.raises(ValueError, match="short must be one of"):
+    sig.Length(short="drop")
+  with pytest.raises(ValueError, match="window_stride_s needs long='window'"):
+    sig.Length(window_stride_s=5)
+  with pytest.raises(ValueError, match="must be positive"):
+    sig.Length(long="window", window_stride_s=0)
+
+
 def test_records_too_short_for_the_filter_are_wrong_duration(rng):
   spec = sig.SignalSpec(sample_rate=100, duration_s=10, bandpass_hz=(0.5, 40))
   for n in (0, 1, 5, 20):

@@ -111,3 +111,35 @@ def test_deterministic_given_the_seed(problem):
   np.testing.assert_array_equal(fit_linear_probe(x, y, vx, vy, config).predict(tx), first)
   other = fit_linear_probe(x, y, vx, vy, dataclasses.replace(config, seed=1)).predict(tx)
   assert not np.array_equal(other, first)  # the seed drives the mini-batch order
+
+
+def sklearn_macro_auroc(scores, labels, known):
+  """Mean AUROC over the tasks with a known positive and negative, by scikit-learn."""
+  values = [metrics.roc_auc_score(labels[known[:, j], j], scores[known[:, j], j])
+            for j in range(labels.shape[1]) if len(set(labels[known[:, j], j])) == 2]
+  return np.mean(values)
+
+
+def test_macro_auroc_matches_sklearn_on_fresh_random_inputs():
+  rng = np.random.default_rng(7)
+  scores = np.round(rng.normal(size=(300, 5)), 1).astype(np.float32)  # many ties
+  labels = rng.random((300, 5)) < np.array([0.5, 0.1, 0.02, 0.0, 0.9])  # task 3: no positive
+  known = rng.random((300, 5)) > 0.2
+  value = float(linear_probe.macro_auroc(scores, labels, known))
+  assert value == pytest.approx(sklearn_macro_auroc(scores, labels, known), abs=1e-6)
+
+
+def test_max_test_keeps_the_epoch_of_best_test_auroc(problem):
+  (x, y), (vx, vy), (tx, ty) = problem
+  known = np.ones_like(ty)
+  config = LinearProbeConfig(batch_size=128, learning_rate=0.05, max_epochs=30, patience=30)
+  probe = fit_linear_probe(x[:60], y[:60], vx, vy, config, test=(tx, ty, known))
+  chosen = probe.history["max_test"]
+  assert 1 <= chosen["epoch"] <= probe.history["epochs"]
+  assert chosen["macro_auroc"] == pytest.approx(
+      sklearn_macro_auroc(probe.max_test_logits, ty, known), abs=1e-6)
+  assert chosen["macro_auroc"] >= sklearn_macro_auroc(probe.predict(tx), ty, known) - 1e-6
+  # The validation-selected fit is the same with or without the test set.
+  plain = fit_linear_probe(x[:60], y[:60], vx, vy, config)
+  np.testing.assert_array_equal(plain.predict(tx), probe.predict(tx))
+  assert plain.max_test_logits is None and "max_test" not in plain.history

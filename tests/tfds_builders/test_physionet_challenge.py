@@ -21,6 +21,8 @@ from ecgclip_jax.data.skips import CorpusError
 from tfds_builders import physionet_challenge as pc
 from tfds_builders.ecg_builder import hash_split
 
+from challenge_fixture import write_record  # beside this file
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 GEORGIA = ROOT.parent / "shared" / "data" / "cinc2021"
 needs_georgia = pytest.mark.skipif(not GEORGIA.is_dir(),
@@ -55,19 +57,6 @@ def parse_header(path: pathlib.Path) -> tuple[list[str], np.ndarray, dict[str, s
   gains = np.array([float(fields[2].split("(")[0].split("/")[0]) for fields in signal_lines])
   comments = dict(line.lstrip("#").strip().split(": ", 1) for line in lines if line[0] == "#")
   return [fields[-1] for fields in signal_lines], gains, comments
-
-
-def write_record(folder: pathlib.Path, name: str, val: np.ndarray, fs: float, gain: float,
-                 leads: list[str], comments=("# Age: 60", "# Sex: Female", "# Dx: 164889003")):
-  """A record as the challenge ships it: `val` [C, T] int16 in a MATLAB v4 .mat, and a header
-  whose signal lines point 24 bytes into it (past the v4 matrix header and the name 'val')."""
-  folder.mkdir(parents=True, exist_ok=True)
-  scipy.io.savemat(folder / f"{name}.mat", {"val": val.astype(np.int16)}, format="4")
-  lines = [f"{name} {len(leads)} {fs:g} {val.shape[1]}"]
-  for lead, row in zip(leads, val.astype(np.int64)):
-    checksum = (row.sum() + 32768) % 65536 - 32768
-    lines.append(f"{name}.mat 16x1+24 {gain:g}(0)/mV 16 0 {row[0]} {checksum} 0 {lead}")
-  (folder / f"{name}.hea").write_text("\n".join([*lines, *comments]) + "\n")
 
 
 def build(manual_dir, data_dir, config="georgia", beam=False) -> tfds.core.DatasetBuilder:

@@ -19,7 +19,7 @@ import pytest
 import tensorflow_datasets as tfds
 import wfdb
 
-from ecgclip_jax.data import skips
+from ecgclip_jax.data import skips, sources
 from ecgclip_jax.data.leads import LEAD_NAMES
 from ecgclip_jax.evaluators import zero_shot
 from tfds_builders import ptbxl
@@ -352,7 +352,6 @@ def test_planted_faults_are_counted_with_their_reason(subset, tmp_path):
   (folder / (by_id[ids[0]]["filename_lr"] + ".dat")).unlink()
   dat = folder / (by_id[ids[1]]["filename_lr"] + ".dat")
   dat.write_bytes(dat.read_bytes()[:dat.stat().st_size // 2 + 1])  # cut mid-sample
-  by_id[ids[2]]["report"] = "  "
   by_id[ids[3]]["patient_id"] = ""
   by_id[ids[4]]["scp_codes"] = "{'NORM': 100.0"
   rows.append(dict(by_id[ids[5]]))  # the same ecg_id twice
@@ -362,9 +361,9 @@ def test_planted_faults_are_counted_with_their_reason(subset, tmp_path):
   report = skips.read_report(builder.data_dir)
   assert report["seen"] == len(rows) == 31
   assert report["skipped_by_reason"] == {
-      "missing_file": 1, "unreadable_signal": 1, "empty_report": 1, "missing_metadata": 2,
+      "missing_file": 1, "unreadable_signal": 1, "missing_metadata": 2,
       "duplicate_record_id": 1}
-  assert report["kept"] == 31 - 6 == builder.info.splits.total_num_examples
+  assert report["kept"] == 31 - 5 == builder.info.splits.total_num_examples
   first_ids = {}
   details = {}
   for section in report["splits"].values():
@@ -373,13 +372,43 @@ def test_planted_faults_are_counted_with_their_reason(subset, tmp_path):
       details.setdefault(reason, []).extend(r["first_details"])
   assert first_ids["missing_file"] == [ids[0]]
   assert first_ids["unreadable_signal"] == [ids[1]]
-  assert first_ids["empty_report"] == [ids[2]]
   assert sorted(first_ids["missing_metadata"]) == sorted([ids[3], ids[4]])
   assert first_ids["duplicate_record_id"] == [ids[5]]
   assert any("patient_id" in d for d in details["missing_metadata"])
   assert any("scp_codes" in d for d in details["missing_metadata"])
   kept = examples_of(builder)
-  assert ids[5] in kept and not {ids[0], ids[1], ids[2], ids[3], ids[4]} & set(kept)
+  assert ids[5] in kept and not {ids[0], ids[1], ids[3], ids[4]} & set(kept)
+
+
+def test_a_blank_report_is_kept_with_its_labels_and_left_out_of_training(subset, tmp_path,
+                                                                         capsys):
+  """One build for evaluation and pre-training: a record whose report is blank (as ecg_id 443
+  of the full database; the slice has none, so one is planted) keeps its labels, and only
+  contrastive training leaves it out."""
+  folder = tmp_path / "blank"
+  shutil.copytree(subset, folder)
+  rows = read_rows(folder)
+  blank = next(row for row in rows if SPLIT_OF_FOLD[int(row["strat_fold"])] == "train")
+  blank["report"] = " \t "
+  write_rows(folder, rows)
+  builder = build(folder, tmp_path / "tfds")
+  report = skips.read_report(builder.data_dir)
+  assert (report["seen"], report["kept"], report["skipped"]) == (30, 30, 0)
+  assert report["blank_reports"] == 1
+  assert "blank_reports: 1" in capsys.readouterr().out  # the build's summary
+
+  split, example = examples_of(builder)[blank["ecg_id"]]
+  assert split == "train" and example["report"] == b""
+  expected = expected_label_names(blank["scp_codes"], read_statements())
+  vocab = builder.info.metadata["label_sets"]
+  for name in LABEL_SET_NAMES:
+    assert {vocab[name][i] for i in np.flatnonzero(example[name])} == expected[name]
+  assert expected["labels"]  # the record has labels to keep
+
+  train_ids = {r["record_id"].decode() for r in builder.as_data_source("train")}
+  records, left_out = sources.Dataset(builder).contrastive_source("train")
+  assert left_out == 1 and len(records) == len(train_ids) - 1 == 9
+  assert {r["record_id"].decode() for r in records} == train_ids - {blank["ecg_id"]}
 
 
 def _break(folder: pathlib.Path, how: str) -> pathlib.Path:
@@ -427,7 +456,7 @@ def test_command_line_builds_and_reports(tmp_path):
                                      str(tmp_path / "tfds")],
                           check=False, capture_output=True, text=True, env=env, cwd=ROOT)
   assert result.returncode == 0, result.stderr[-2000:]
-  out = tmp_path / "tfds" / "ptbxl" / "100hz" / "1.1.0"
+  out = tmp_path / "tfds" / "ptbxl" / "100hz" / str(ptbxl.Builder.VERSION)
   assert len(list(out.glob("ptbxl-*.array_record-*"))) == 3
   report = json.loads((out / "build_report.json").read_text())
   assert (report["seen"], report["kept"]) == (6, 6)

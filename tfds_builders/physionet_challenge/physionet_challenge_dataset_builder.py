@@ -25,6 +25,9 @@ Configs (one per source; challenge folder, records in the 2021 release, native f
   georgia               georgia               10,344  500 Hz, 10 s
   chapman_shaoxing      chapman_shaoxing      10,247  500 Hz, 10 s
   ningbo                ningbo                34,905  500 Hz, 10 s
+  chapman_ningbo        (ecg-arrhythmia 1.0.0: WFDBRecords/, Chapman and Ningbo as PhysioNet
+                        publishes them outside the challenge; MERL's Chapman split) 500 Hz, 10 s
+  cpsc2018_5s           cpsc2018 with its 6-10 s records kept, zero-padded (MERL's ICBEB split)
 Every config writes 10 s at 500 Hz (5000 x 12 int16 µV, lead order I, II, III, aVR, aVL,
 aVF, V1-V6), resampled by the shared signal code (polyphase, anti-aliased).
 
@@ -96,24 +99,31 @@ class Source(NamedTuple):
   """One of the challenge's training sources."""
 
   title: str
-  folder: str  # its folder under the challenge's training/
+  folder: str  # its folder as downloaded (training/<source> for the challenge's sources)
   native: str  # sampling rate and durations as published
   crop: str  # SignalSpec.crop for records longer than 10 s
 
 
 SOURCES = {
-    "cpsc2018": Source("China Physiological Signal Challenge 2018", "cpsc_2018",
+    "cpsc2018": Source("China Physiological Signal Challenge 2018", "training/cpsc_2018",
                        "500 Hz, 6-60 s", "start"),
-    "cpsc_extra": Source("CPSC 2018 unused data", "cpsc_2018_extra", "500 Hz, 6-60 s", "start"),
+    "cpsc_extra": Source("CPSC 2018 unused data", "training/cpsc_2018_extra", "500 Hz, 6-60 s",
+                         "start"),
     "st_petersburg_incart": Source("St Petersburg INCART 12-lead Arrhythmia Database",
-                                   "st_petersburg_incart", "257 Hz, 30 min", "center"),
-    "ptb": Source("PTB Diagnostic ECG Database", "ptb", "1000 Hz, longer than 10 s", "start"),
-    "ptbxl": Source("PTB-XL", "ptb-xl", "500 Hz, 10 s", "start"),
-    "georgia": Source("Georgia 12-lead ECG Challenge Database", "georgia", "500 Hz, 10 s",
-                      "start"),
+                                   "training/st_petersburg_incart", "257 Hz, 30 min", "center"),
+    "ptb": Source("PTB Diagnostic ECG Database", "training/ptb", "1000 Hz, longer than 10 s",
+                  "start"),
+    "ptbxl": Source("PTB-XL", "training/ptb-xl", "500 Hz, 10 s", "start"),
+    "georgia": Source("Georgia 12-lead ECG Challenge Database", "training/georgia",
+                      "500 Hz, 10 s", "start"),
     "chapman_shaoxing": Source("Chapman University / Shaoxing People's Hospital",
-                               "chapman_shaoxing", "500 Hz, 10 s", "start"),
-    "ningbo": Source("Ningbo First Hospital", "ningbo", "500 Hz, 10 s", "start"),
+                               "training/chapman_shaoxing", "500 Hz, 10 s", "start"),
+    "ningbo": Source("Ningbo First Hospital", "training/ningbo", "500 Hz, 10 s", "start"),
+    # Chapman and Ningbo as PhysioNet publishes them outside the challenge (ecg-arrhythmia
+    # 1.0.0, the release MERL's Chapman split names): WFDBRecords/NN/NNN/JSnnnnn.{hea,mat},
+    # the same header and .mat format, `#Dx:` with SNOMED-CT codes.
+    "chapman_ningbo": Source("Chapman-Shaoxing-Ningbo 12-lead ECG database (PhysioNet "
+                             "ecg-arrhythmia 1.0.0)", "WFDBRecords", "500 Hz, 10 s", "start"),
 }
 
 
@@ -214,7 +224,7 @@ class ChallengeConfig(ecg_builder.EcgConfig):
 def _config(name: str, source: Source) -> ChallengeConfig:
   crop = "central" if source.crop == "center" else "first"
   return ChallengeConfig(
-      name=name, description=f"{source.title} (training/{source.folder}, {source.native}): "
+      name=name, description=f"{source.title} ({source.folder}, {source.native}): "
       f"the {crop} 10 s at 500 Hz.", signal=signal_lib.SignalSpec(crop=source.crop))
 
 
@@ -223,7 +233,12 @@ class Builder(ecg_builder.EcgBuilder):
 
   VERSION = tfds.core.Version("1.1.0")
   RELEASE_NOTES = dict(contract.RELEASE_NOTES)
-  BUILDER_CONFIGS = [_config(name, source) for name, source in SOURCES.items()]
+  BUILDER_CONFIGS = [_config(name, source) for name, source in SOURCES.items()] + [
+      ChallengeConfig(
+          name="cpsc2018_5s", source="cpsc2018",
+          description="CPSC 2018 with its records of 5 to 10 s kept, zero-padded to 10 s (the "
+          "cpsc2018 config skips them): MERL's ICBEB split reads the first 5 s of every record.",
+          signal=signal_lib.SignalSpec(min_duration_s=5))]
   DEFAULT_CONFIG_NAME = "georgia"
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Download the challenge's training data from https://physionet.org/content/challenge-2021/
@@ -253,8 +268,7 @@ class Builder(ecg_builder.EcgBuilder):
                      for name in names if name.endswith(".hea"))
     if not headers:
       raise CorpusError(f"{manual_dir}: no .hea headers in this folder or below; expected one "
-                        f"source's folder of the challenge's training data, e.g. "
-                        f"training/{SOURCES[source].folder}/")
+                        f"source's folder as downloaded, e.g. {SOURCES[source].folder}/")
     with concurrent.futures.ThreadPoolExecutor(HEADER_READS) as pool:
       texts = list(pool.map(lambda header: header.read_bytes().decode("latin-1"), headers))
     self._unknown_codes = collections.Counter()

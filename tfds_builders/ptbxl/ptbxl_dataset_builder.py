@@ -16,8 +16,11 @@ both keep 10 s (1000 or 5000 samples), int16 µV in the lead order I, II, III, a
 V1-V6 (the files spell AVR/AVL/AVF). A JSON `--config` may set `signal` (a `SignalSpec`) and
 `filename_column` (default: `filename_lr` up to 100 Hz, `filename_hr` above).
 
-Report: the `report` column (free text, mostly German), whitespace collapsed; records with an
-empty report are skipped (`require_report=True`).
+Report: the `report` column (free text, mostly German), whitespace collapsed. A record with a
+blank report (ecg_id 443 of 1.0.3, for one) is kept with report "" (`require_report=False`),
+its labels intact, so one build serves evaluation and pre-training: contrastive training
+leaves such records out (sources.with_reports, counted in the training log), and
+build_report.json counts them as `blank_reports`.
 
 Labels: the task sets of the PTB-XL benchmark (Strodthoff, Wagner et al. 2021; its code's
 `utils.compute_label_aggregations`, github.com/helme/ecg_ptbxl_benchmarking). A record has
@@ -44,8 +47,8 @@ Mappings: record_id = str(ecg_id); patient_id "15709.0" -> "15709"; sex (PTB-XL:
 Skips (counted in build_report.json): rows without patient_id, strat_fold or file name, or
 whose scp_codes is not a dict of known statements -> missing_metadata (before any file is
 read); repeated ecg_id -> duplicate_record_id; missing, truncated or malformed WFDB files ->
-missing_file / unreadable_signal / ...; empty report -> empty_report. A wrong folder or a
-missing index file or records folder stops the build with one line (`CorpusError`).
+missing_file / unreadable_signal / .... A wrong folder or a missing index file or records
+folder stops the build with one line (`CorpusError`).
 """
 
 from __future__ import annotations
@@ -372,6 +375,7 @@ class PtbxlConfig(ecg_builder.EcgConfig):
   """`EcgConfig` plus which of PTB-XL's two recordings of each ECG to read."""
 
   filename_column: str | None = None  # None: filename_lr up to 100 Hz, filename_hr above
+  require_report: bool = False  # blank reports are kept: their labels serve evaluation
 
   def __post_init__(self):
     super().__post_init__()
@@ -385,8 +389,14 @@ class PtbxlConfig(ecg_builder.EcgConfig):
 class Builder(ecg_builder.EcgBuilder):
   """PTB-XL: 12-lead 10 s ECGs with free-text reports and SCP-ECG statement labels."""
 
-  VERSION = tfds.core.Version("1.1.0")
-  RELEASE_NOTES = dict(contract.RELEASE_NOTES)
+  VERSION = tfds.core.Version("1.2.0")
+  RELEASE_NOTES = {
+      **contract.RELEASE_NOTES,
+      "1.2.0": ("Records with a blank report are kept (report \"\", labels intact) instead of "
+                "skipped as empty_report: one build serves evaluation and pre-training, which "
+                "leaves them out. Rebuild from the source: this builder opens only 1.2.0 "
+                "builds."),
+  }
   BUILDER_CONFIGS = [
       PtbxlConfig(name="100hz", description="records100 (filename_lr): 10 s at 100 Hz.",
                   signal=signal_lib.SignalSpec(sample_rate=100), filename_column="filename_lr"),
@@ -436,7 +446,13 @@ class Builder(ecg_builder.EcgBuilder):
         tasks.append(task)
       else:
         skipped.append(skip)
+    self._blank_reports = sum(not task.field("report").strip() for task in tasks)
     return tasks, skipped
+
+  def extra_report(self) -> dict:
+    """Index rows with a blank report, kept with report "" (unless skipped for another
+    reason): the records contrastive pre-training leaves out."""
+    return {"blank_reports": self._blank_reports}
 
   def record_reader(self):
     return read_record
