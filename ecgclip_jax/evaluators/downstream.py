@@ -204,7 +204,11 @@ def zero_shot_rows(run: Run, prompts_file: str, names: list[str],
                    n_bootstrap: int) -> tuple[list[dict], np.ndarray, list[int]]:
   """Cosine scores against averaged label prompts; tasks without prompts are left out.
   Returns the rows, the scores and the task columns they score."""
-  prompts = zero_shot.load_prompts(prompts_file, names)
+  # A bank (MERL's CKEPE_prompt.json covers all its task sets): this set's tasks only.
+  prompts = zero_shot.load_prompts(prompts_file, names, bank=True)
+  if not prompts:
+    raise ValueError(f"prompt file {prompts_file} has no prompt for any task of "
+                     f"{task_set.name}: {names}")
   scores, columns = zero_shot.prompt_scores(test.ecg_emb, prompts, names, run.model.embed_text)
   m = metrics.task_metrics(test.labels[:, columns], scores, list(prompts),
                            known=test.known[:, columns], min_positives=task_set.min_positives,

@@ -18,12 +18,18 @@ def resolve_prompt_file(path: str) -> str:
   return paths.resolve_file(path, os.getcwd(), "prompt file")
 
 
-def load_prompts(path: str, label_names: list[str]) -> dict[str, list[str]]:
-  """Reads `{label: [prompt, ...]}`; every label named must exist in the dataset."""
+def load_prompts(path: str, label_names: list[str], *,
+                 bank: bool = False) -> dict[str, list[str]]:
+  """Reads `{label: [prompt, ...]}` (a lone string is one prompt, as in MERL's
+  CKEPE_prompt.json). Every label named must exist in the dataset, unless the file is a
+  `bank` of prompts for many task sets: then only the entries of `label_names` are kept."""
   prompts = json.loads(epath.Path(resolve_prompt_file(path)).read_text(encoding="utf-8"))
+  prompts = {name: [texts] if isinstance(texts, str) else texts
+             for name, texts in prompts.items()}
   unknown = sorted(set(prompts) - set(label_names))
-  if unknown:
+  if unknown and not bank:
     raise ValueError(f"prompt file {path} names labels the dataset does not have: {unknown}")
+  prompts = {name: texts for name, texts in prompts.items() if name in label_names}
   empty = sorted(name for name, texts in prompts.items() if not texts)
   if empty:
     raise ValueError(f"prompt file {path} has no prompt text for: {empty}")

@@ -15,7 +15,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from ecgclip_jax.data.leads import LEAD_NAMES
-from ecgclip_jax.evaluators import downstream, results, split_files, tasks
+from ecgclip_jax.evaluators import downstream, results, split_files, tasks, zero_shot
 from tfds_builders import physionet_challenge as pc
 from tfds_builders import ptbxl
 
@@ -202,3 +202,16 @@ def test_split_files_errors_are_one_line(tmp_path):
                                                    "first_label_column": "AF"})
   with pytest.raises(ValueError, match="no column 'AF'"):
     split_files.match_splits(bad.split_files, [])
+
+
+@pytest.mark.parametrize("name", [*sorted(SLICE_ROWS), "merl_icbeb", "merl_chapman"])
+def test_merl_zero_shot_prompts_cover_every_merl_task(name):
+  """MERL's CKEPE_prompt.json is a bank for all its task sets: one prompt string per class."""
+  names = split_files.task_names(tasks.resolve_task_set(name).split_files)
+  bank = str(MERL / "zeroshot" / "CKEPE_prompt.json")
+  prompts = zero_shot.load_prompts(bank, names, bank=True)
+  assert list(prompts) == [n for n in json.loads(pathlib.Path(bank).read_text()) if n in names]
+  assert set(prompts) == set(names)
+  assert all(len(texts) == 1 and len(texts[0]) > 20 for texts in prompts.values())
+  with pytest.raises(ValueError, match="names labels the dataset does not have"):
+    zero_shot.load_prompts(bank, names)
