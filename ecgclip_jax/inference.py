@@ -88,21 +88,26 @@ def mean_over_windows(out: Mapping[str, np.ndarray],
 class WindowedSource(collections.abc.Sequence):
   """The windows of a data-contract source whose records all have one length, other than the
   model's (a task dataset at the model's rate): record i's windows are items i*W..(i+1)*W-1,
-  each the record with its `ecg` cut by `signal.fit_windows`."""
+  each the record with its `ecg` cut by `signal.fit_windows`. Passes read items in order, so
+  the last record's windows are kept: each record is read and cut once, not once a window."""
 
   def __init__(self, source: Sequence[dict], spec: signal.SignalSpec, length: signal.Length):
     self.source, self.spec, self.length = source, spec, length
     first, _, self.note = signal.fit_windows(np.asarray(source[0]["ecg"]), spec, length)
     self.windows = len(first)
+    self._last = (-1, {}, first)  # (record index, record, its windows)
 
   def __len__(self) -> int:
     return len(self.source) * self.windows
 
   def __getitem__(self, j: int) -> dict:
-    record = dict(self.source[j // self.windows])
-    record["ecg"] = signal.fit_windows(np.asarray(record["ecg"]), self.spec,
-                                       self.length)[0][j % self.windows]
-    return record
+    i, window = divmod(j, self.windows)
+    last = self._last  # one read: another thread may replace it
+    if last[0] != i:
+      record = self.source[i]
+      last = self._last = (i, record, signal.fit_windows(np.asarray(record["ecg"]), self.spec,
+                                                         self.length)[0])
+    return {**last[1], "ecg": last[2][window]}
 
 
 class Model:

@@ -127,13 +127,21 @@ def embed_cached(model: inference.Model, source, label_feature: str, cache_dir: 
   return out
 
 
-def prepare_splits(task_set: tasks.TaskSet, dataset: sources.Dataset, run: Run,
-                   cache_dir: str, length: signal.Length = signal.Length(long="window"),
-                   lead_set: tuple[str, tuple[int, ...]] = ALL_LEADS
-                   ) -> tuple[list[str], dict[str, SplitData], dict]:
-  """Task names; per split role its source (restricted to `lead_set`, a
-  leads.parse_lead_set result), features, labels and known-mask; and, for split files, the
-  records each file names that were found and missing (split_files.SplitMatch)."""
+@dataclasses.dataclass
+class TaskRecords:
+  """What a task set scores in its dataset, resolved once per probe (every lead set reuses
+  it): per role, its split's name, its records, and their labels and known-mask over every
+  available task (None: the records' own `label_feature`)."""
+  names: list[str]  # the task set's tasks
+  columns: list[int]  # their columns among the available tasks
+  roles: dict[str, tuple[str, collections.abc.Sequence, np.ndarray | None, np.ndarray | None]]
+  fingerprint: str  # the task set and its files: keys the feature caches
+  split_counts: dict  # split files: records found and missing per role
+
+
+def task_records(task_set: tasks.TaskSet, dataset: sources.Dataset) -> TaskRecords:
+  """The task set's records and labels per role, from the dataset's label sets, a task file
+  joined by record id, or split files matched across the whole build."""
   full_name = dataset.builder.info.full_name
   fingerprint = hashlib.sha256(json.dumps(dataclasses.asdict(task_set), sort_keys=True,
                                           default=str).encode())
@@ -161,9 +169,9 @@ def prepare_splits(task_set: tasks.TaskSet, dataset: sources.Dataset, run: Run,
                        f"available: {sorted(label_sets)}")
     available = list(label_sets[task_set.label_feature])
   columns, names = task_set.select(available)
-  splits = {}
+  roles = {}
   for role, split in task_set.splits.items():
-    labels = None
+    labels = known = None
     if matches:
       split = f"{role} split file"
       source, labels, known = matches[role].records, matches[role].labels, matches[role].known
@@ -176,14 +184,31 @@ def prepare_splits(task_set: tasks.TaskSet, dataset: sources.Dataset, run: Run,
     if task_set.crop_samples:
       source = pipeline.Mapped(source, functools.partial(split_files.first_samples,
                                                          n=task_set.crop_samples))
-    lead_name, lead_indices = lead_set
+    roles[role] = (split, source, labels, known)
+  return TaskRecords(names, columns, roles, fingerprint.hexdigest()[:16],
+                     {role: match.counts() for role, match in matches.items()})
+
+
+def prepare_splits(task_set: tasks.TaskSet, dataset: sources.Dataset, run: Run,
+                   cache_dir: str, length: signal.Length = signal.Length(long="window"),
+                   lead_set: tuple[str, tuple[int, ...]] = ALL_LEADS,
+                   records: TaskRecords | None = None
+                   ) -> tuple[list[str], dict[str, SplitData], dict]:
+  """Task names; per split role its source (restricted to `lead_set`, a
+  leads.parse_lead_set result), features, labels and known-mask; and, for split files, the
+  records each file names that were found and missing (split_files.SplitMatch). `records`:
+  `task_records` already resolved (default: resolved here)."""
+  records = records or task_records(task_set, dataset)
+  full_name = dataset.builder.info.full_name
+  lead_name, lead_indices = lead_set
+  splits = {}
+  for role, (split, source, labels, known) in records.roles.items():
     if lead_name != ALL_LEADS[0]:
       source = pipeline.Mapped(source, functools.partial(leads.restrict_leads, lead_mask=None,
                                                          indices=lead_indices))
     print(f"{role}: {full_name} {split!r}, {len(source)} records, leads {lead_name}",
           flush=True)
-    key = (f"{run.identity}|{full_name}|{split}|{fingerprint.hexdigest()[:16]}|{length}|"
-           f"{lead_name}")
+    key = f"{run.identity}|{full_name}|{split}|{records.fingerprint}|{length}|{lead_name}"
     out = embed_cached(run.model, source,
                        task_set.label_feature if labels is None else None, cache_dir,
                        f"{role}.npz" if lead_name == ALL_LEADS[0] else f"{role}_{lead_name}.npz",
@@ -191,9 +216,10 @@ def prepare_splits(task_set: tasks.TaskSet, dataset: sources.Dataset, run: Run,
     if labels is None:
       labels = out["labels"]
       known = np.ones_like(labels, dtype=bool)
-    splits[role] = SplitData(source, labels[:, columns].astype(bool),
-                             known[:, columns].astype(bool), out["features"], out["ecg_emb"])
-  return names, splits, {role: match.counts() for role, match in matches.items()}
+    splits[role] = SplitData(source, labels[:, records.columns].astype(bool),
+                             known[:, records.columns].astype(bool), out["features"],
+                             out["ecg_emb"])
+  return records.names, splits, records.split_counts
 
 
 # ------------------------------------------------------------------------------- methods
@@ -347,11 +373,12 @@ def run_probe(run: Run, task_set: tasks.TaskSet, out_dir: str, *, methods, label
                      f"them as windows, or a builder config of that length")
   probe_config = probe_config or linear_probe.LinearProbeConfig()
   finetune_config = finetune_config or finetune.FinetuneConfig()
+  records = task_records(task_set, dataset)  # once: every lead set scores the same records
   rows, figures = [], {}
   for lead_set in lead_sets:
     names, splits, split_counts = prepare_splits(
         task_set, dataset, run, cache_dir or str(epath.Path(out_dir) / "cache"), length,
-        lead_set)
+        lead_set, records)
     new_rows, scored = score_methods(
         run, task_set, names, splits, methods=methods, label_fractions=label_fractions,
         seeds=seeds, n_bootstrap=n_bootstrap, prompts=prompts, probe_config=probe_config,
