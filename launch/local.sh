@@ -164,8 +164,18 @@ cleanup() {
 
 print_output() {  # $1: process index; reads the process's output on stdin
   trap '' INT TERM HUP  # keep printing until the process closes its output
-  exec awk -v prefix="[$1] " -v logfile="${log_dir:+$log_dir/process_$1.log}" \
-    '{ print prefix $0; fflush(); if (logfile != "") { print $0 >> logfile; fflush(logfile) } }'
+  # A shell loop, not awk: mawk (Debian's awk) reads a pipe in blocks, which held a run's
+  # output back until the process ended.
+  local line
+  if [[ -n $log_dir ]]; then
+    exec 3>>"$log_dir/process_$1.log"
+  else
+    exec 3>/dev/null
+  fi
+  while IFS= read -r line || [[ -n $line ]]; do
+    printf '[%s] %s\n' "$1" "$line"
+    printf '%s\n' "$line" >&3
+  done
 }
 
 trap cleanup EXIT

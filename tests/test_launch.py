@@ -2,6 +2,7 @@
 shell snippets of tpu_vm.sh, and launch/local.sh running real processes."""
 
 import os
+import select
 import shlex
 import shutil
 import signal
@@ -127,6 +128,28 @@ def test_local_two_processes_form_one_jax_run(tmp_path):
   assert "[0] 0 2 4" in lines and "[1] 1 2 4" in lines, result.stdout + result.stderr
   for i in range(2):
     assert f"{i} 2 4" in (tmp_path / "logs" / f"process_{i}.log").read_text().splitlines()
+
+
+def test_local_prints_each_line_while_the_process_runs(tmp_path):
+  """A long run's progress shows as it happens, in the console and the log file, not when
+  the process ends (mawk, Debian's awk, held a pipe's lines back in blocks)."""
+  program = "import time; print('step 1', flush=True); time.sleep(300)"
+  process = subprocess.Popen(
+      ["bash", str(LOCAL), "--num_processes", "1", "--log_dir", str(tmp_path), "--",
+       sys.executable, "-c", program],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+      start_new_session=True)
+  log = tmp_path / "process_0.log"
+  try:
+    ready, _, _ = select.select([process.stdout], [], [], 30)
+    assert ready and process.stdout.readline() == "[0] step 1\n"
+    deadline = time.monotonic() + 30
+    while not (log.exists() and log.read_text() == "step 1\n"):
+      assert time.monotonic() < deadline, log.read_text() if log.exists() else "no log"
+      time.sleep(0.05)
+  finally:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate(timeout=30)
 
 
 # Process 1 exits with CODE after half a second; process 0 (and any others) sleep for 300 s.
