@@ -17,7 +17,7 @@ import ml_collections
 from etils import epath
 from jax.sharding import Mesh
 
-from ecgclip_jax import config_defaults, inference, model_folder, storage
+from ecgclip_jax import config_defaults, inference, model_folder, parallel, storage
 from ecgclip_jax.evaluators import zero_shot
 from ecgclip_jax.models import build
 
@@ -120,7 +120,7 @@ def initialize(config: ml_collections.ConfigDict, *,
   mesh = inference.mesh_for(config, mesh)
   model_def = build.ModelDef(config)
   weights = model_def.init(jax.random.key(config.seed), load_pretrained_text=False)
-  weights = jax.device_put(weights, inference.weight_shardings(weights, config, mesh))
+  weights = parallel.place(weights, inference.weight_shardings(weights, config, mesh))
   return inference.Model(config, weights, mesh, lambda: dataset_inputs(config),
                          name=f"random init ({config.ecg.arch})",
                          identity=f"random:{config.to_json()}", model_def=model_def)

@@ -28,7 +28,7 @@ from etils import epath
 import safetensors.numpy
 from jax.sharding import Mesh
 
-from ecgclip_jax import config_defaults, inference, passes, storage
+from ecgclip_jax import config_defaults, inference, parallel, passes, storage
 from ecgclip_jax.data import signal
 from ecgclip_jax.data.leads import LEAD_NAMES
 from ecgclip_jax.models import build
@@ -205,7 +205,7 @@ def read(path: str, *, mesh: Mesh | Mapping[str, int] | None = None,
   weights = unflatten(safetensors.numpy.load((folder / WEIGHTS_FILE).read_bytes()),
                       model_def.abstract_weights, str(folder / WEIGHTS_FILE))
   mesh = inference.mesh_for(config, mesh, devices)
-  weights = jax.device_put(weights, inference.weight_shardings(weights, config, mesh))
+  weights = parallel.place(weights, inference.weight_shardings(weights, config, mesh))
   inputs = inference.Inputs(signal.SignalSpec(**stored["inputs"]["signal"]),
                             tuple(stored["label_names"]), stored["prompts"],
                             stored["trained"]["dataset"])

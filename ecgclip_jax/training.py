@@ -67,7 +67,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                              keep_every=config.keep_checkpoints_every)
   restored_step, state = checkpoints.restore_newest_intact(abstract, log)
   if state is None:
-    state = jax.device_put(
+    state = parallel.place(
         trainer.init(jax.random.key(config.seed), load_pretrained_text=config.text.pretrained),
         shardings)
     log(f"initialized a new run in {workdir}")

@@ -222,7 +222,7 @@ def finetune(ecg_config: resnet1d.ResNet1DConfig, init: dict[str, Params] | None
 
   steps = _cached_steps(ecg_config, num_tasks, config.learning_rate, config.weight_decay, mesh)
   state = init_state(ecg_config, num_tasks, init, config.seed, steps.tx)
-  state = jax.device_put(state, parallel.replicated(mesh))
+  state = parallel.place(state, parallel.replicated(mesh))
   model = FineTuned(steps, state.params, state.batch_stats, config.normalization,
                     config.eval_batch_size, history={})
   best = {"loss": float("inf"), "step": 0, "epoch": 0}
