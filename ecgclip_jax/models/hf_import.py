@@ -7,10 +7,12 @@ are ignored because the encoder returns hidden states and pooling is ours.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
+import tokenizers  # transformers' own dependency: its fast tokenizers run on it
 from flax import nnx
 
 from ecgclip_jax.models.bert import BertConfig, BertEncoder
@@ -156,8 +158,84 @@ def load_bert(folder: str | Path, *, dtype=jnp.float32) -> tuple[BertEncoder, Be
   return model, config
 
 
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_SETTINGS = ("tokenizer_config.json", "special_tokens_map.json")
+
+
+class ReportTokenizer:
+  """A folder's tokenizer.json run by the `tokenizers` library itself: the Rust tokenizer
+  that transformers' fast tokenizers wrap, without importing transformers (5 s at the start
+  of every command). Called like a Hugging Face tokenizer, for the calls made here:
+  `tokenizer(texts, padding="max_length" | False, truncation=..., max_length=...,
+  return_tensors="np" | None)`. The padding and truncation stored in tokenizer.json are
+  ignored, as transformers ignores them: each call says its own."""
+
+  def __init__(self, folder: Path):
+    self.folder = folder
+    self._json = (folder / TOKENIZER_FILE).read_text(encoding="utf-8")
+    self._configured = {}  # (truncate to, pad to) -> its own Tokenizer: calls never mutate one
+    self.pad_token_id = self._special_token_id("pad_token")
+
+  def _special_token_id(self, name: str) -> int | None:
+    for settings in TOKENIZER_SETTINGS:
+      path = self.folder / settings
+      token = json.loads(path.read_text(encoding="utf-8")).get(name) if path.exists() else None
+      if token is not None:
+        return self._tokenizer(None, None).token_to_id(
+            token["content"] if isinstance(token, dict) else token)
+    return None
+
+  def _tokenizer(self, truncate_to: int | None, pad_to: int | None):
+    key = (truncate_to, pad_to)
+    if key not in self._configured:
+      tokenizer = tokenizers.Tokenizer.from_str(self._json)
+      tokenizer.no_truncation()
+      tokenizer.no_padding()
+      if truncate_to is not None:
+        tokenizer.enable_truncation(truncate_to)
+      if pad_to is not None:
+        if self.pad_token_id is None:
+          raise ValueError(f"{self.folder}: padding needs a pad_token in "
+                           f"{' or '.join(TOKENIZER_SETTINGS)}")
+        tokenizer.enable_padding(pad_id=self.pad_token_id,
+                                 pad_token=tokenizer.id_to_token(self.pad_token_id),
+                                 length=pad_to)
+      self._configured[key] = tokenizer
+    return self._configured[key]
+
+  def __call__(self, texts: list[str], *, padding: str | bool = False, truncation: bool = False,
+               max_length: int | None = None, return_tensors: str | None = None) -> dict:
+    if padding not in (False, "max_length") or return_tensors not in (None, "np"):
+      raise ValueError(f"unsupported: padding={padding!r}, return_tensors={return_tensors!r}")
+    tokenizer = self._tokenizer(max_length if truncation else None,
+                                max_length if padding else None)
+    encodings = tokenizer.encode_batch(list(texts))
+    out = {"input_ids": [e.ids for e in encodings],
+           "attention_mask": [e.attention_mask for e in encodings]}
+    return {k: np.array(v, np.int64) for k, v in out.items()} if return_tensors else out
+
+  def __getstate__(self):  # grain ships the pipeline to worker processes
+    return {"folder": self.folder}
+
+  def __setstate__(self, state):
+    self.__init__(state["folder"])
+
+  def save_pretrained(self, folder: str | Path) -> list[str]:
+    """Writes the files that define this tokenizer into `folder`; returns their paths."""
+    written = [Path(folder) / name for name in (TOKENIZER_FILE, *TOKENIZER_SETTINGS)
+               if (self.folder / name).exists()]
+    for path in written:
+      path.write_bytes((self.folder / path.name).read_bytes())
+    return [str(path) for path in written]
+
+
 def load_tokenizer(folder: str | Path):
-  """The folder's own tokenizer via AutoTokenizer (``BertTokenizer(vocab_file=...)`` silently ignores files)."""
+  """The folder's own tokenizer: its tokenizer.json (`ReportTokenizer`), or for a folder with
+  only a vocabulary, transformers' AutoTokenizer, which builds one from it
+  (``BertTokenizer(vocab_file=...)`` would silently ignore the other files)."""
+  folder = _check_folder(folder)
+  if (folder / TOKENIZER_FILE).exists():
+    return ReportTokenizer(folder)
   # transformers' import advises, once, that without PyTorch "Models won't be available":
   # true and expected here (we only need its tokenizers), so drop exactly that record. A
   # filter on its logger, not TRANSFORMERS_NO_ADVISORY_WARNINGS or its verbosity, which
@@ -173,7 +251,7 @@ def load_tokenizer(folder: str | Path):
     advisory.addFilter(drop_no_torch_advisory)
   from transformers import AutoTokenizer  # heavy import; only needed here
 
-  return AutoTokenizer.from_pretrained(str(_check_folder(folder)), local_files_only=True)
+  return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
 
 
 def default_text_encoder_dir() -> Path:

@@ -1,6 +1,11 @@
-"""BERT text encoder: parity with PyTorch BertModel, padding invariance, pooling, import errors."""
+"""BERT text encoder: parity with PyTorch BertModel, the tokenizer against transformers',
+padding invariance, pooling, import errors."""
 
 import json
+import os
+import pickle
+import random
+import string
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -10,7 +15,8 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from ecgclip_jax.models.bert import BertConfig, BertEncoder, pool
-from ecgclip_jax.models.hf_import import default_text_encoder_dir, load_bert, load_tokenizer
+from ecgclip_jax.models.hf_import import (ReportTokenizer, default_text_encoder_dir, load_bert,
+                                         load_tokenizer)
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "bert_parity_minilm.npz"
 TINY = BertConfig(
@@ -77,8 +83,48 @@ def test_tokenizer_matches_fixture(parity):
   for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
     length = int(mask.sum())
     assert mask[:length].all() and not mask[length:].any()
-    assert ids[0] == tokenizer.cls_token_id and ids[length - 1] == tokenizer.sep_token_id
-    assert (ids[length:] == tokenizer.pad_token_id).all()
+    vocab = (default_text_encoder_dir() / "vocab.txt").read_text().splitlines()
+    assert vocab[ids[0]] == "[CLS]" and vocab[ids[length - 1]] == "[SEP]"
+    assert (ids[length:] == tokenizer.pad_token_id).all() and vocab[tokenizer.pad_token_id] == "[PAD]"
+
+
+def test_tokenizer_equals_transformers_on_random_text():
+  """Our tokenizer.json reader against transformers' AutoTokenizer of the same folder (the
+  reference), on 300 random texts of up to 400 characters with accents, CJK, emoji and
+  control whitespace, padded and not, truncated at lengths down to 8 tokens; and the same
+  after pickling (grain's worker processes)."""
+  from transformers import AutoTokenizer
+
+  folder = default_text_encoder_dir()
+  ours = load_tokenizer(folder)
+  assert isinstance(ours, ReportTokenizer)
+  reference = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+  rng = random.Random(int.from_bytes(os.urandom(4), "little"))
+  alphabet = string.ascii_letters + string.digits + string.punctuation + " \t\n" + "éüßçñ°µ–…中文心電図Å😀"
+  texts = ["", " ", "Sinus rhythm. Normal ECG."] + [
+      "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 400))) for _ in range(300)]
+  for max_length in (8, 24, 512):
+    padded = dict(padding="max_length", truncation=True, max_length=max_length,
+                  return_tensors="np")
+    for tokenizer in (ours, pickle.loads(pickle.dumps(ours))):
+      got, want = tokenizer(texts, **padded), reference(texts, **padded)
+      for key in ("input_ids", "attention_mask"):
+        np.testing.assert_array_equal(got[key], want[key])
+    got = ours(texts, truncation=True, max_length=max_length)["input_ids"]
+    assert got == [list(ids) for ids in reference(texts, truncation=True,
+                                                   max_length=max_length)["input_ids"]]
+
+
+def test_a_folder_with_only_a_vocabulary_gets_transformers_tokenizer(tmp_path):
+  folder = default_text_encoder_dir()
+  for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+    (tmp_path / name).write_bytes((folder / name).read_bytes())
+  built = load_tokenizer(tmp_path)
+  assert not isinstance(built, ReportTokenizer)
+  texts = ["Sinus rhythm. Normal ECG.", "ÉCG: fibrillation auriculaire, QRS 120 ms"]
+  args = dict(padding="max_length", truncation=True, max_length=16, return_tensors="np")
+  np.testing.assert_array_equal(built(texts, **args)["input_ids"],
+                                load_tokenizer(folder)(texts, **args)["input_ids"])
 
 
 def test_shapes_and_padding_does_not_leak():
