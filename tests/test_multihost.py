@@ -1,7 +1,8 @@
 """Real multi-process runs on localhost (launch/local.sh, jax.distributed, gloo collectives):
 2 processes x 2 CPU devices train exactly like 1 process x 4, checkpoints restore into another
-process layout, SIGTERM on one host stops every host at one saved step, and a lost peer or an
-unreachable coordinator is an error within a bounded time, never a hang."""
+process layout, a kill -9 of both in the middle of a save loses nothing, SIGTERM on one host
+stops every host at one saved step, and a lost peer or an unreachable coordinator is an error
+within a bounded time, never a hang."""
 
 import json
 import os
@@ -19,7 +20,8 @@ import pytest
 
 from ecgclip_jax import checkpoint, integrity
 from ecgclip_jax.evaluators import results
-from train_runs import (LOCAL_SH, ROOT, env_with, restored_state, train_command,
+from train_runs import (LOCAL_SH, ROOT, assert_bit_identical, committed_steps, env_with,
+                        restored_state, run_until_killed, saves_in_progress, train_command,
                         truncate_array_file)
 
 # Reductions over 4 devices run in another order across 2 processes (gloo) than within one,
@@ -70,9 +72,15 @@ def one_by_four(run_args, tmp_path_factory):
   return workdir
 
 
-def test_two_processes_of_two_devices_train_like_one_process_of_four(run_args, one_by_four,
-                                                                     tmp_path):
-  out = run_local(run_args, tmp_path)
+@pytest.fixture(scope="module")
+def two_by_two(run_args, tmp_path_factory):
+  """The tiny run in 2 processes of 2 devices: its workdir and output."""
+  workdir = tmp_path_factory.mktemp("2x2")
+  return workdir, run_local(run_args, workdir)
+
+
+def test_two_processes_of_two_devices_train_like_one_process_of_four(one_by_four, two_by_two):
+  tmp_path, out = two_by_two
   assert "[0] mesh {'data': 4, 'fsdp': 1} over 4 cpu devices, 2 process(es)" in out
   assert "[1] step" not in out, "only process 0 logs"
   assert [line.split()[2] for line in out.splitlines() if line.startswith("[0] step ")] == [
@@ -91,6 +99,22 @@ def test_two_processes_of_two_devices_train_like_one_process_of_four(run_args, o
   moved = [not np.allclose(x, y) for x, y in zip(jax.tree.leaves(before.params),
                                                    jax.tree.leaves(final.params))]
   assert sum(moved) > len(moved) // 2
+
+
+def test_kill_9_of_both_processes_during_a_save_then_the_rerun_gives_the_uninterrupted_result(
+    run_args, two_by_two, tmp_path):
+  """SIGKILL to every process while their first asynchronous save is being written: no step
+  counts as saved, and the relaunch ends bit-identical to the run never interrupted."""
+  out, unfinished = run_until_killed(run_args, tmp_path, 2, saves_in_progress)
+  assert unfinished and "step 3/3" not in out, out
+  assert committed_steps(tmp_path) == [], out
+  out, _ = run_until_killed(run_args, tmp_path, 2)
+  assert "[0] step 3/3" in out, out
+  straight, _ = two_by_two
+  assert_bit_identical(restored_state(tmp_path, 3), restored_state(straight, 3))
+  logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  reference = [json.loads(line) for line in open(straight / "metrics.jsonl")]
+  assert [(m["step"], m["loss"]) for m in logged] == [(m["step"], m["loss"]) for m in reference]
 
 
 def test_a_checkpoint_of_one_process_resumes_in_two(run_args, one_by_four, tmp_path):
@@ -231,17 +255,15 @@ def test_evaluate_probe_and_predict_in_two_processes_give_the_one_process_output
   probe = ["--workdir", str(one_by_four), "--tasks", str(tmp_path / "tiny.json"),
            "--methods=linear_probe", "--fractions=1.0", "--seeds=1", "--n_bootstrap=10",
            "--embedding_map=none", f"--cache_dir={tmp_path}/cache-{{process}}"]
-  run_job("probe", *probe, f"--out={tmp_path / 'one'}")
+  run_job("probe", *probe, f"--out={tmp_path / 'one'}")  # its features cached in cache-0
+  assert os.path.exists(tmp_path / "cache-0" / "test.npz")
+  # Process 0 now has a valid cache, process 1 none.
   out = run_job("probe", *probe, f"--out={tmp_path / 'two'}", processes=2)
-  assert "cached in" in out and os.path.exists(tmp_path / "cache-1" / "test.npz")
-  shutil.rmtree(tmp_path / "cache-1")  # process 0 still has its cache, process 1 not
-  out = run_job("probe", *probe, f"--out={tmp_path / 'again'}", processes=2)
   assert "[0]   embedded" in out, out  # process 0 recomputed with process 1: no hang
-  one = macro_scores(tmp_path / "one")
-  for other in ("two", "again"):
-    scores = macro_scores(tmp_path / other)
-    assert scores.keys() == one.keys()
-    np.testing.assert_allclose(list(scores.values()), list(one.values()), rtol=1e-3)
+  assert "cached in" in out and os.path.exists(tmp_path / "cache-1" / "test.npz")
+  one, two = (macro_scores(tmp_path / name) for name in ("one", "two"))
+  assert two.keys() == one.keys()
+  np.testing.assert_allclose(list(two.values()), list(one.values()), rtol=1e-3)
 
   ecg = tmp_path / "ecg.npy"
   np.save(ecg, np.random.default_rng(0).normal(size=(1000, 12)).astype(np.float32))
@@ -264,13 +286,27 @@ import jax
 i = jax.process_index()
 print("zero", parallel.from_process_zero({"steps": [2, 4][: 2 - i], "seen": f"process {i}"}))
 print("every", parallel.on_every_process(True), parallel.on_every_process(i == 0))
+import numpy as np
+mesh = parallel.make_mesh({"data": 1, "fsdp": -1})
+value = np.arange(24.0).reshape(8, 3)  # every process holds it, as fresh weights of one seed
+placed = parallel.place({"w": value, "b": value[0]}, {
+    "w": jax.NamedSharding(mesh, jax.P("fsdp")), "b": parallel.replicated(mesh)})
+shards = placed["w"].addressable_shards
+print("rows", *sorted(s.index[0].start for s in shards),
+      all(np.array_equal(s.data, value[s.index]) for s in shards),
+      all(np.array_equal(s.data, value[0]) for s in placed["b"].addressable_shards))
 """
 
 
 def test_answers_agreed_across_processes():
-  """Process 0's answer reaches every process (values of different sizes on each), and a
-  flag holds everywhere only if it holds on every process."""
+  """Process 0's answer reaches every process (values of different sizes on each), a flag
+  holds everywhere only if it holds on every process, and a host value placed on a sharding
+  over both processes holds, on each, exactly its own devices' rows."""
   out = run_job_command([sys.executable, "-c", AGREEMENT])
   for process in (0, 1):
     assert f"[{process}] zero {{'steps': [2, 4], 'seen': 'process 0'}}" in out, out
     assert f"[{process}] every True False" in out, out
+  # 4 devices of 2 rows each, 2 devices a process: each process holds 2 of the 4 blocks.
+  starts = [line.split()[2:4] for line in out.splitlines() if " rows " in line]
+  assert sorted(int(start) for pair in starts for start in pair) == [0, 2, 4, 6], out
+  assert sum(line.endswith(" True True") for line in out.splitlines()) == 2, out

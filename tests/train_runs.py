@@ -1,11 +1,18 @@
 """The trainer as a subprocess, the way users run it: the tiny run's command line, a clean
-environment, and the state a finished run left in its checkpoints."""
+environment, a run killed with SIGKILL, and the state a run left in its checkpoints."""
 
 import os
 import re
+import signal
+import subprocess
 import sys
+import threading
+import time
 
-from ecgclip_jax import checkpoint, parallel, train_state
+import jax
+import numpy as np
+
+from ecgclip_jax import checkpoint, integrity, parallel, train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCAL_SH = os.path.join(ROOT, "launch", "local.sh")
@@ -18,6 +25,65 @@ def train_command(run_args, workdir, *extra):
 def env_with(**values):
   env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
   return env | {"JAX_PLATFORMS": "cpu"} | values
+
+
+def launch(run_args, workdir, processes, *extra):
+  """The trainer in its own session: 1 process of 2 devices, or `processes` of 2 each under
+  launch/local.sh."""
+  command = train_command(run_args, workdir, *extra)
+  if processes > 1:
+    command = ["bash", LOCAL_SH, f"--num_processes={processes}", "--cpu_devices=2", "--",
+               *command]
+  return subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, env=env_with(JAX_NUM_CPU_DEVICES="2"),
+                          start_new_session=True)
+
+
+def kill_all(proc):
+  """SIGKILL to the trainer and, under local.sh, to every process it started."""
+  os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait(timeout=60)
+
+
+def saves_in_progress(workdir):
+  folder = workdir / "checkpoints"
+  if not folder.exists():
+    return []
+  return [p for p in folder.iterdir() if "orbax-checkpoint-tmp" in p.name]
+
+
+def run_until_killed(run_args, workdir, processes, kill_when=None, extra=()):
+  """Runs the trainer, and SIGKILLs it the moment `kill_when(workdir)` holds (polled every
+  millisecond, from the files the run writes: its piped output can lag behind). Returns the
+  output and whether a checkpoint save was left unfinished."""
+  proc = launch(run_args, workdir, processes, *extra)
+
+  def watch():
+    while proc.poll() is None:
+      if kill_when(workdir):
+        kill_all(proc)
+        return
+      time.sleep(0.001)
+
+  watcher = threading.Thread(target=watch, daemon=True)
+  if kill_when is not None:
+    watcher.start()
+  output = proc.communicate(timeout=600)[0]
+  if kill_when is not None:
+    watcher.join()
+  return output, bool(saves_in_progress(workdir))
+
+
+def committed_steps(workdir):
+  manager = checkpoint.make_manager(str(workdir), read_only=True)
+  return [s for s in manager.all_steps()
+          if integrity.problem(workdir / "checkpoints" / str(s)) is None]
+
+
+def assert_bit_identical(a, b):
+  for name in ("step", "params", "model_state", "opt_state", "rng"):
+    for x, y in zip(jax.tree.leaves(getattr(a, name)), jax.tree.leaves(getattr(b, name))):
+      assert np.array_equal(np.asarray(x), np.asarray(y)), name
 
 
 def restored_state(workdir, step):
