@@ -214,12 +214,6 @@ class ReportTokenizer:
            "attention_mask": [e.attention_mask for e in encodings]}
     return {k: np.array(v, np.int64) for k, v in out.items()} if return_tensors else out
 
-  def __getstate__(self):  # grain ships the pipeline to worker processes
-    return {"folder": self.folder}
-
-  def __setstate__(self, state):
-    self.__init__(state["folder"])
-
   def save_pretrained(self, folder: str | Path) -> list[str]:
     """Writes the files that define this tokenizer into `folder`; returns their paths."""
     written = [Path(folder) / name for name in (TOKENIZER_FILE, *TOKENIZER_SETTINGS)
