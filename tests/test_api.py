@@ -18,7 +18,7 @@ import ecgclip_jax
 from ecgclip_jax import api, evaluation, parallel, training
 from ecgclip_jax.data import contract, pipeline, sources, synthetic
 from ecgclip_jax.data.leads import LEAD_NAMES
-from train_runs import make_tiny_config
+from train_runs import env_with, make_tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -156,8 +156,7 @@ def test_text_features_by_report_length_are_the_full_length_features(trained):
 
 def test_export_round_trip_needs_no_workdir_tfds_or_checkpoint(trained, tmp_path):
   _, workdir, config = trained
-  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
-  env |= {"JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+  env = env_with(PYTHONPATH=str(REPO))
   out = tmp_path / "exported"
   subprocess.run([sys.executable, "-m", "ecgclip_jax.export", f"--workdir={workdir}",
                   f"--out={out}"], check=True, env=env, timeout=600, cwd=REPO)

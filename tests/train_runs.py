@@ -22,9 +22,20 @@ def train_command(run_args, workdir, *extra):
   return [sys.executable, "-m", "ecgclip_jax.train", f"--workdir={workdir}", *run_args, *extra]
 
 
+# Commands a test starts compile at XLA's lowest backend optimization: their programs are
+# tiny and run a few steps, and a process of a multi-process run cannot use the compilation
+# cache (parallel.initialize_distributed), so compiling is most of its time. Measured on the
+# tiny two-process run: 64 s against 86 s a launch (median of 3 pairs), the steps ~5x slower.
+# Results differ from the default compiler's by float rounding (params 2e-5 relative L2), so
+# runs compared bit for bit all go through env_with.
+COMMAND_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
 def env_with(**values):
+  """The environment of a command a test starts: none of the test process's JAX settings
+  (device count, cache), CPU, COMMAND_XLA_FLAGS."""
   env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
-  return env | {"JAX_PLATFORMS": "cpu"} | values
+  return env | {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": COMMAND_XLA_FLAGS} | values
 
 
 def launch(run_args, workdir, processes, *extra):
