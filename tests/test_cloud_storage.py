@@ -4,6 +4,7 @@ workdir killed with SIGKILL and resumed to the same bits as a run on local disk,
 --watch` on the bucket, probe and predict reading and writing there, TensorBoard events
 there, and nothing written to the local disk in their place."""
 
+import glob
 import importlib.util
 import io
 import json
@@ -74,7 +75,9 @@ def test_a_run_kept_in_a_bucket(run_args, tmp_path, gcs):
   cwd = tmp_path / "cwd"  # every command runs here: nothing may land in it
   cwd.mkdir()
   local = tmp_path / "local"
-  run(train_command(run_args, local, *RUN), gcs, cwd)
+  out = run(train_command(run_args, local, *RUN), gcs, cwd)
+  assert "profile of steps 6-7 written to" in out, out
+  assert glob.glob(str(local / "tensorboard" / "plugins" / "profile" / "*" / "*.xplane.pb"))
 
   # The corpus is built into the bucket (locally staged, then uploaded) and trained on there.
   data_dir, workdir = f"{BUCKET}/tfds", f"{BUCKET}/runs/demo"

@@ -1,6 +1,5 @@
 """The trainer end to end on a tiny synthetic corpus: checkpoints, exact resume, errors."""
 
-import glob
 import json
 import os
 import shutil
@@ -17,7 +16,6 @@ from ecgclip_jax.data import sources
 
 def test_train_writes_checkpoints_metrics_and_eval(tiny_config, tmp_path, capsys):
   workdir = str(tmp_path / "run")
-  tiny_config.profile.update(start_step=2, num_steps=2)
   state = training.train_and_evaluate(tiny_config, workdir)
   assert int(state.step) == 4
   manager = checkpoint.make_manager(workdir, read_only=True)
@@ -25,9 +23,9 @@ def test_train_writes_checkpoints_metrics_and_eval(tiny_config, tmp_path, capsys
   lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [l["step"] for l in lines] == [1, 2, 3, 4]
   assert all(np.isfinite(l["loss"]) and l["logit_scale"] > 0 for l in lines)
+  # The profiler is tested in a command of its own (test_cloud_storage): one traced in this
+  # long-lived test process once crashed it (segfault, under pytest-xdist).
   assert os.listdir(os.path.join(workdir, "tensorboard"))
-  traces = glob.glob(os.path.join(workdir, "tensorboard", "plugins", "profile", "*", "*"))
-  assert any(t.endswith(".xplane.pb") for t in traces), traces  # the window of steps 2-3
   assert json.load(open(os.path.join(workdir, "config.json"))) == json.loads(
       tiny_config.to_json())  # the resolved config, readable without Orbax
   metrics = json.load(open(os.path.join(workdir, "eval", "4", "metrics.json")))
@@ -35,7 +33,6 @@ def test_train_writes_checkpoints_metrics_and_eval(tiny_config, tmp_path, capsys
   assert 0 <= metrics["zero_shot"]["macro"]["auroc"] <= 1
   out = capsys.readouterr().out
   assert "step 4/4" in out and "ex/s" in out and "ETA" in out
-  assert "profile of steps 2-3 written to" in out
   assert "macro (zero-shot)" in out
 
 
