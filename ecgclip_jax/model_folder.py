@@ -16,9 +16,11 @@ A model hub takes the layout as it is. Reading needs no workdir, TFDS data or Or
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 from typing import Mapping, Sequence
 
@@ -177,10 +179,12 @@ def write(model: inference.Model, out_dir: str, metrics: dict | None = None) -> 
 
 
 def _local_folder(folder: epath.Path) -> str:
-  """`folder` itself, or for one in a bucket a local copy (Hugging Face reads local files)."""
+  """`folder` itself, or for one in a bucket a local copy (Hugging Face reads local files),
+  removed when the process exits: the tokenizer is read from it when first needed."""
   if not storage.is_remote(folder):
     return str(folder)
   local = tempfile.mkdtemp(prefix="ecgclip-text-")
+  atexit.register(shutil.rmtree, local, ignore_errors=True)
   for path in folder.iterdir():
     path.copy(epath.Path(local) / path.name)
   return local

@@ -60,9 +60,9 @@ def start(command, gcs, cwd):
                           stderr=subprocess.STDOUT, env=env_with(**gcs), start_new_session=True)
 
 
-def run(command, gcs, cwd):
-  out = subprocess.run(command, cwd=cwd, text=True, capture_output=True, env=env_with(**gcs),
-                       timeout=600)
+def run(command, gcs, cwd, **env):
+  out = subprocess.run(command, cwd=cwd, text=True, capture_output=True,
+                       env=env_with(**gcs, **env), timeout=600)
   assert out.returncode == 0, out.stdout + out.stderr
   return out.stdout
 
@@ -143,10 +143,13 @@ def test_a_run_kept_in_a_bucket(run_args, tmp_path, gcs):
       gcs, cwd)
   assert {"config.json", "model.safetensors", "text_encoder/config.json"} <= set(
       gcs_emulator.files_under(model))
+  temp = tmp_path / "temp"
+  temp.mkdir()
   out = run([*predict, f"--workdir={model}", f"--output={BUCKET}/predict/exported.json"],
-            gcs, cwd)
+            gcs, cwd, TMPDIR=str(temp))
   exported = json.loads(epath.Path(f"{BUCKET}/predict/exported.json").read_text())
   assert exported["records"][0]["scores"] == predicted["records"][0]["scores"], out
+  assert not list(temp.glob("ecgclip-text-*"))  # the text encoder's local copy, removed
 
   assert os.listdir(cwd) == [], "written to the local disk instead of the bucket"
   assert not os.path.exists(os.path.join(ROOT, "gs:"))
