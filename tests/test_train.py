@@ -23,8 +23,8 @@ def test_train_writes_checkpoints_metrics_and_eval(tiny_config, tmp_path, capsys
   lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [l["step"] for l in lines] == [1, 2, 3, 4]
   assert all(np.isfinite(l["loss"]) and l["logit_scale"] > 0 for l in lines)
-  # The profiler is tested in a command of its own (test_cloud_storage): one traced in this
-  # long-lived test process once crashed it (segfault, under pytest-xdist).
+  # The profiler is tested in a command of its own (test_cloud_storage), not here: this test
+  # once segfaulted its long-lived pytest-xdist worker while tracing (cause not found).
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   assert json.load(open(os.path.join(workdir, "config.json"))) == json.loads(
       tiny_config.to_json())  # the resolved config, readable without Orbax
