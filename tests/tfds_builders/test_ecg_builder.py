@@ -13,6 +13,7 @@ import sys
 import textwrap
 import types
 
+from array_record.python.array_record_module import ArrayRecordReader
 import numpy as np
 import pytest
 import scipy.signal
@@ -295,6 +296,16 @@ def test_beam_build_equals_the_local_build(local_build, beam_build):
       np.testing.assert_array_equal(example[key], beam_example[key])
   assert skips.read_report(beam_build.data_dir) == skips.read_report(local_build.data_dir)
   assert set(beam_build.info.splits) == {"train", "test"}
+
+
+def test_shards_are_written_with_zstd_level_1(local_build, beam_build):
+  """Both ways of building write through shard_writer's options (level 3 is TFDS's)."""
+  for builder in (local_build, beam_build):
+    shards = sorted(pathlib.Path(builder.data_dir).glob("*.array_record-*"))
+    assert shards, builder.data_dir
+    for shard in shards:
+      options = ArrayRecordReader(str(shard)).writer_options_string().split(",")
+      assert "zstd:1" in options and "group_size:1" in options, (shard, options)
 
 
 def test_splits_without_records_and_reports_not_required(tmp_path):
