@@ -3,7 +3,7 @@
 TFDS writes every array_record shard with the options 'group_size:1' and so array_record's
 default zstd level 3. On ECG records (int16 µV bytes) level 1 compresses as well, 0.550 of the
 raw bytes against 0.547 on 200 PTB-XL records at 500 Hz, in under half the time (0.80 against
-1.76 ms a record): a quarter of a PTB-XL build's CPU time went to level 3. Readers need no
+1.76 ms a record): about a third of a PTB-XL build's CPU time went to level 3. Readers need no
 change, since the level is not needed to decompress. Builds on Beam write through the same
 adapter.
 """
