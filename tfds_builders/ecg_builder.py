@@ -35,6 +35,7 @@ from ecgclip_jax.data import signal as signal_lib
 from ecgclip_jax.data import skips
 from ecgclip_jax.data.readers import RawSignal
 from ecgclip_jax.data.skips import CorpusError, SkipRecord
+from tfds_builders import memory
 
 INDEX_SECTION = "index"  # report section for records dropped before their split is read
 
@@ -105,6 +106,7 @@ def prepare_example(task: RecordTask, reader: Callable[[RecordTask], RawRecord],
                     spec: signal_lib.SignalSpec, label_sets: dict[str, list[str]],
                     require_report: bool):
   """(record_id, example) for a usable record, or (record_id, reason, detail) for a skip."""
+  memory.keep_freed_memory()  # here, so that Beam's worker processes get it too
   try:
     raw = reader(task)
     report = contract.clean_report(raw.report)
@@ -246,7 +248,8 @@ class EcgBuilder(tfds.core.GeneratorBasedBuilder):
   def _download_and_prepare(self, dl_manager, download_config):
     self._use_beam = (download_config.beam_options is not None
                       or download_config.beam_runner is not None)
-    super()._download_and_prepare(dl_manager, download_config)
+    with memory.existing_objects_frozen():
+      super()._download_and_prepare(dl_manager, download_config)
     sections = {}
     for path in sorted(epath.Path(self.data_dir).glob("skips-*.json")):
       sections[path.stem.removeprefix("skips-")] = json.loads(path.read_text())

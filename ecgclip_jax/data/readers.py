@@ -108,7 +108,9 @@ def read_wfdb(record_path: str | os.PathLike) -> RawSignal:
     raise SkipRecord("header_data_mismatch",
                      f"{record_path}: {signal.shape[0]} samples, header says {header.sig_len}")
   factors = np.array([units_to_mv(u or "mV") for u in record.units])
-  return RawSignal(signal_mv=signal * factors, fs=float(record.fs),
+  if (factors != 1.0).any():
+    signal = signal * factors
+  return RawSignal(signal_mv=signal, fs=float(record.fs),
                    lead_names=list(record.sig_name), comments=list(record.comments or []))
 
 
@@ -132,16 +134,20 @@ class _Format16Header:
 
   def read(self, directory: pathlib.Path | epath.Path) -> np.ndarray:
     """The physical signal [T, C] float64, computed as wfdb's `Record.dac` computes it:
-    (digital - baseline) / gain, NaN where the sample holds format 16's missing value."""
+    (digital - baseline) / gain, NaN where the sample holds format 16's missing value. Laid
+    out lead by lead (Fortran order), as a lead's samples are used together from here on."""
     with (directory / self.file_name[0]).open("rb") as file:
       file.seek(self.byte_offset[0])
       data = file.read(2 * self.sig_len * self.n_sig)
-    digital = np.frombuffer(data, dtype="<i2").reshape(self.sig_len, self.n_sig)
-    physical = digital.astype(np.float64)
-    np.subtract(physical, self.baseline, physical)
-    np.divide(physical, self.adc_gain, physical)
-    physical[digital == _FORMAT16_NAN] = np.nan
-    return physical
+    digital = np.frombuffer(data, dtype="<i2").reshape(self.sig_len, self.n_sig).T
+    physical = np.empty(digital.shape)  # [C, T]: the transposing copy is the one pass
+    physical[...] = digital
+    if any(self.baseline):  # most files' baselines are all zero: nothing to subtract
+      np.subtract(physical, np.array(self.baseline, np.float64)[:, None], out=physical)
+    np.divide(physical, np.array(self.adc_gain)[:, None], out=physical)
+    if digital.min() == _FORMAT16_NAN:
+      physical[digital == _FORMAT16_NAN] = np.nan
+    return physical.T
 
 
 _FORMAT16_NAN = -32768  # the sample value format 16 stores for "no sample"

@@ -232,6 +232,25 @@ def test_flat_and_saturated_limits(rng):
   assert sig.prepare(y[:, :-1], fs, LEAD_NAMES[:-1], spec).saturated_leads == ("aVF", "V3")
 
 
+def test_samples_on_the_rails_count_lead_by_lead(rng):
+  """A lead is saturated by its own samples at its extremes, never by those of all leads
+  together (the sum over leads is only a bound that lets a clean record skip the count)."""
+  t = 1000
+  minimum = round(0.05 * t)
+  x = rng.normal(size=(t, 12))
+  spread = x.copy()
+  for lead in range(12):  # 12 x 40 samples at the low rails: 480 in all, 40 in any lead
+    spread[rng.choice(t, minimum - 10, replace=False), lead] = -5.0
+  assert sig.bad_leads(spread * 1000, np.ones(12, bool), 10.0, 0.05) == ((), ())
+  for on_rail, expected in ((minimum - 1, ()), (minimum, ("V1",))):
+    y = x.copy()
+    y[rng.choice(t, on_rail, replace=False), LEAD_INDEX["V1"]] = 5.0
+    assert sig.bad_leads(y * 1000, np.ones(12, bool), 10.0, 0.05) == ((), expected)
+    alone = np.zeros(12, bool)
+    alone[LEAD_INDEX["V1"]] = True
+    assert sig.bad_leads(y * 1000, alone, 10.0, 0.05) == ((), expected)
+
+
 def test_real_ptbxl_records_give_no_false_flat_or_saturated_leads():
   """The default thresholds on 50 real 500 Hz records (no lead is flagged; the most samples any
   lead has at its own extreme in the shared slice is 1.3%, against the 5% threshold)."""
@@ -485,6 +504,12 @@ def test_quantization_rounds_to_the_nearest_microvolt_and_counts_clipping(rng):
   prepared = sig.prepare(x, 50, LEAD_NAMES, exact_spec(50, 500))
   assert prepared.clipped == 18
   np.testing.assert_array_equal(prepared.ecg, uv)
+  # Preparation works lead by lead (Fortran order); what it returns is in C order, as the
+  # contract's bytes are laid out, whatever the input's order.
+  for record in (x, np.asfortranarray(x)):
+    ecg = sig.prepare(record, 50, LEAD_NAMES, exact_spec(50, 500)).ecg
+    assert ecg.flags.c_contiguous
+    np.testing.assert_array_equal(ecg, uv)
 
 
 # ----------------------------------------------------------------------------- real records
@@ -501,6 +526,7 @@ def test_prepare_reproduces_real_ptbxl_records(rng, pattern, fs):
     assert "AVR" in names  # PTB-XL's own spelling
     prepared = sig.prepare(x[:, order], fs, names, sig.SignalSpec(sample_rate=fs))
     assert prepared.lead_mask.all() and prepared.padded_samples == prepared.clipped == 0
+    assert prepared.ecg.flags.c_contiguous
     # PTB-XL's header order is the canonical one
     assert [sig.canonical_lead_name(n) for n in fields["sig_name"]] == list(LEAD_NAMES)
     assert np.abs(prepared.ecg - x * 1000).max() <= 0.5

@@ -2,6 +2,7 @@
 every record seen is kept or skipped with its reason, the local and Beam builds agree, and
 what is written equals the WFDB samples resampled and reordered independently (scipy)."""
 
+import gc
 import hashlib
 import importlib
 import json
@@ -35,7 +36,11 @@ PTBXL_SPELLING = {"aVR": "AVR", "aVL": "AVL", "aVF": "AVF"}
 # -------------------------------------------------------------------------------- toy builder
 
 
+FREEZE_COUNTS = []  # gc.get_freeze_count() as each record a build in this process reads
+
+
 def read_toy(task: ecg_builder.RecordTask) -> ecg_builder.RawRecord:
+  FREEZE_COUNTS.append(gc.get_freeze_count())
   if task.field("explode"):
     raise RuntimeError("the reader met something it did not expect")
   report = task.field("report", "")
@@ -306,6 +311,13 @@ def test_shards_are_written_with_zstd_level_1(local_build, beam_build):
     for shard in shards:
       options = ArrayRecordReader(str(shard)).writer_options_string().split(",")
       assert "zstd:1" in options and "group_size:1" in options, (shard, options)
+
+
+def test_a_build_runs_with_the_objects_it_started_with_frozen(local_build):
+  """While records are read, the garbage collector skips what the process held when the
+  build started (the imported modules' objects); after the build it is as it was."""
+  assert FREEZE_COUNTS and min(FREEZE_COUNTS) > 10_000
+  assert gc.get_freeze_count() == 0
 
 
 def test_splits_without_records_and_reports_not_required(tmp_path):
