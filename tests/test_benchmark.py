@@ -16,6 +16,7 @@ from flax import nnx
 from ecgclip_jax import benchmarking
 from ecgclip_jax.models import bert as bert_lib
 from ecgclip_jax.models import build, resnet1d
+from train_runs import env_with
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_STACK = {"grain", "tensorflow_datasets", "tensorflow", "transformers", "torch",
@@ -44,7 +45,7 @@ def test_benchmark_command_on_synthetic_inputs(tiny_text_encoder_dir, tmp_path):
       print("LOADED", json.dumps(sorted(m for m in {sorted(DATA_STACK)!r} if m in sys.modules)))
       """)
   result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=600)
+                          cwd=tmp_path, env=env_with(), timeout=600)
   assert result.returncode == 0, result.stdout + result.stderr
   loaded = json.loads(result.stdout.split("LOADED", 1)[1])
   assert loaded == [], f"synthetic inputs must not import {loaded}"

@@ -22,13 +22,15 @@ def train_command(run_args, workdir, *extra):
   return [sys.executable, "-m", "ecgclip_jax.train", f"--workdir={workdir}", *run_args, *extra]
 
 
-# Commands a test starts compile at XLA's lowest backend optimization: their programs are
-# tiny and run a few steps, and a process of a multi-process run cannot use the compilation
-# cache (parallel.initialize_distributed), so compiling is most of its time. Measured on the
-# tiny two-process run: 64 s against 86 s a launch (median of 3 pairs), the steps ~5x slower.
-# Results differ from the default compiler's by float rounding (params 2e-5 relative L2), so
-# runs compared bit for bit all go through env_with.
-COMMAND_XLA_FLAGS = "--xla_backend_optimization_level=0"
+# Commands a test starts compile at XLA's lowest backend optimization and with XLA:CPU's
+# older loop emitters: their programs are tiny and run a few steps, and a process of a
+# multi-process run cannot use the compilation cache (parallel.initialize_distributed), so
+# compiling is most of its time. Measured on the tiny run: the optimization level took a
+# two-process launch from 86 s to 64 s (median of 3 pairs); the loop emitters then take a
+# one-process launch from 44 s to 36 s wall (51 s to 38 s of CPU; train-step compile 9.5 s
+# to 6.0 s). Results differ from the default compiler's by float rounding (params 2e-5
+# relative L2), so runs compared bit for bit all go through env_with.
+COMMAND_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 
 
 def env_with(**values):
