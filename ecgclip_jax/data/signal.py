@@ -227,8 +227,7 @@ def bad_leads(signal_uv: np.ndarray, lead_mask: np.ndarray, flat_uv: float,
   if np.count_nonzero(at_low) + np.count_nonzero(at_high) < minimum:  # bounds every lead's
     is_saturated = np.zeros_like(is_flat)  # count: no need to count lead by lead
   else:
-    at_extreme = np.maximum(np.add.reduce(at_low, axis=0, dtype=np.int64),
-                            np.add.reduce(at_high, axis=0, dtype=np.int64))
+    at_extreme = np.maximum(at_low.sum(axis=0), at_high.sum(axis=0))
     is_saturated = ~is_flat & (at_extreme >= minimum)
   return (tuple(LEAD_NAMES[i] for i in present[is_flat]),
           tuple(LEAD_NAMES[i] for i in present[is_saturated]))
